@@ -1,0 +1,5 @@
+import sys
+
+from learned_optim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,304 @@
+"""``LearnedOptimizer``: the ``torch.optim.Optimizer`` that every learned optimizer subclasses.
+
+A subclass provides only its math, as pure functions (see ``DESIGN.md``)::
+
+    init_theta(config, generator) -> theta                     the learned network's weights
+    init_state(param, config)     -> state                     per-parameter tensors
+    update(theta, grad, state, step, config) -> (direction, new_state)
+
+and this class turns them into an optimizer::
+
+    p ← p · (1 − lr · weight_decay)          decoupled weight decay (Loshchilov & Hutter 2019)
+    p ← p − lr · direction                   lr = 1 is the step the network was trained with
+
+Policies shared by all learned optimizers:
+
+* Non-finite gradients: a coordinate whose gradient is NaN or ±inf is left unchanged and its
+  state is not advanced; the other coordinates update normally. Hidden states never see NaN.
+* Precision: the network runs, and its state is stored, in float32 for float16/bfloat16/float32
+  parameters and in float64 for float64 parameters.
+* Memory: large tensors are processed in chunks of ``chunk_size`` coordinates, so the network's
+  temporaries stay small next to its state.
+* ``state_dict()`` also carries the learned network (``theta``), so a checkpoint resumes the
+  same trajectory even in an optimizer built with other weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from learned_optim.errors import WeightsError
+
+DEFAULT_CHUNK_SIZE = 32768
+_STATE_DICT_KEY = "learned_optimizer"
+
+
+def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """dtype in which the network runs and its state is kept for parameters of ``param_dtype``."""
+    return torch.promote_types(param_dtype, torch.float32)
+
+
+def config_from_dict(config_class: type, values: Mapping[str, Any], source: str) -> Any:
+    """Build a config dataclass from a mapping, naming ``source`` and the valid keys on error."""
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise WeightsError(f"{source}: unknown {config_class.__name__} keys {unknown}; valid keys: {sorted(fields)}")
+    cleaned = {}
+    for name, value in values.items():
+        expected = type(getattr(config_class(), name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise WeightsError(f"{source}: {config_class.__name__}.{name} must be {expected.__name__}, got {value!r}")
+        cleaned[name] = value
+    return config_class(**cleaned)
+
+
+def validate_theta(expected: Mapping[str, Tensor], theta: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Check ``theta`` has exactly the names and shapes of ``expected``, finite floating values.
+
+    Returns float32 contiguous CPU copies, so the caller's tensors are never aliased.
+    """
+    missing = sorted(set(expected) - set(theta))
+    unexpected = sorted(set(theta) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: tensor names do not match the architecture (missing {missing}, unexpected {unexpected})"
+        )
+    cleaned = {}
+    for name, reference in expected.items():
+        tensor = theta[name]
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {name!r} must be a floating-point tensor")
+        if tensor.shape != reference.shape:
+            raise WeightsError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"the config expects {tuple(reference.shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise WeightsError(f"{source}: tensor {name!r} contains NaN or inf")
+        cleaned[name] = tensor.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
+    return cleaned
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Base class of the learned optimizers; see the module docstring for the shared policies.
+
+    Args:
+        params: iterable of parameters or of param-group dicts, as for any ``torch.optim`` optimizer.
+        lr: multiplies the learned step; 1.0 is the step the network was trained with.
+        weight_decay: decoupled weight decay coefficient.
+        maximize: maximize the objective instead of minimizing it.
+        config: the architecture's config dataclass (or a dict of its fields); defaults otherwise.
+        theta: the learned network's weights; fresh weights drawn with ``seed`` when omitted.
+        seed: seed of the fresh weights, so that every process builds the same network.
+        chunk_size: coordinates processed at once; bounds the temporary memory of ``step``.
+        **config_overrides: individual config fields, e.g. ``hidden_size=32``.
+    """
+
+    architecture: ClassVar[str]
+    Config: ClassVar[type]
+    init_theta: ClassVar[Callable[..., dict[str, Tensor]]]
+    init_state: ClassVar[Callable[..., dict[str, Tensor]]]
+    update: ClassVar[Callable[..., tuple[Tensor, dict[str, Tensor]]]]
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        *,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        config: Any = None,
+        theta: Mapping[str, Tensor] | None = None,
+        seed: int = 0,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        **config_overrides: Any,
+    ) -> None:
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if chunk_size < 1:
+            raise ValueError(f"Invalid chunk_size: {chunk_size}")
+        if config is None:
+            config = self.Config()
+        elif isinstance(config, Mapping):
+            config = config_from_dict(self.Config, config, f"{type(self).__name__} config")
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"config must be a {self.Config.__name__} or a dict, got {type(config).__name__}")
+        if config_overrides:
+            merged = {**dataclasses.asdict(config), **config_overrides}
+            try:
+                config = config_from_dict(self.Config, merged, type(self).__name__)
+            except WeightsError as error:
+                raise TypeError(str(error)) from None
+        self.config = config
+        self.chunk_size = chunk_size
+        self.theta = theta if theta is not None else self.init_theta(config, torch.Generator().manual_seed(seed))
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "maximize": maximize})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.is_complex():
+                    raise ValueError(
+                        f"{type(self).__name__} does not support complex parameters; "
+                        "optimize torch.view_as_real(p) instead"
+                    )
+
+    # -- the learned network -------------------------------------------------------------------
+
+    @property
+    def theta(self) -> dict[str, Tensor]:
+        """The learned network's weights (float32, CPU). Assigning validates names and shapes."""
+        return self._theta
+
+    @theta.setter
+    def theta(self, value: Mapping[str, Tensor]) -> None:
+        expected = self.init_theta(self.config, None)
+        self._theta = validate_theta(expected, value, f"{type(self).__name__} weights")
+        self._theta_cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
+
+    def _theta_for(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
+        key = (device, dtype)
+        if key not in self._theta_cache:
+            self._theta_cache[key] = {k: v.to(device=device, dtype=dtype) for k, v in self._theta.items()}
+        return self._theta_cache[key]
+
+    # -- torch.optim.Optimizer -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Validate every gradient before touching any parameter, so a bad one loses nothing.
+        work = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                if p.grad.is_complex():
+                    raise RuntimeError(f"{type(self).__name__} does not support complex gradients")
+                work.append((group, p))
+        for group, p in work:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state.update(self.init_state(p, self.config))
+            state["step"] += 1
+            self._update_parameter(p, p.grad, state, group)
+        return loss
+
+    def _update_parameter(self, p: Tensor, grad: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
+        lr, weight_decay = group["lr"], group["weight_decay"]
+        if group["maximize"]:
+            grad = -grad
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        numel = p.numel()
+        if numel == 0:
+            return
+        compute_dtype = compute_dtype_for(p.dtype)
+        theta = self._theta_for(p.device, compute_dtype)
+        step = state["step"]
+        target = p if p.is_contiguous() else p.contiguous()
+        flat_param = target.view(numel)
+        flat_grad = grad.reshape(numel).to(compute_dtype)
+        # State tensors are shaped p.shape + extra; view them as (numel, *extra).
+        flat_state = {k: v.view(numel, *v.shape[p.dim() :]) for k, v in state.items() if k != "step"}
+        for start in range(0, numel, self.chunk_size):
+            end = min(start + self.chunk_size, numel)
+            chunk_grad = flat_grad[start:end]
+            finite = torch.isfinite(chunk_grad)
+            chunk_state = {k: v[start:end] for k, v in flat_state.items()}
+            direction, new_state = self.update(
+                theta, torch.where(finite, chunk_grad, 0.0), chunk_state, step, self.config
+            )
+            for key, old in chunk_state.items():
+                mask = finite.view(-1, *([1] * (old.dim() - 1)))
+                old.copy_(torch.where(mask, new_state[key], old))
+            flat_param[start:end].sub_(torch.where(finite, direction, 0.0), alpha=lr)
+        if target is not p:
+            p.copy_(target)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim`` state dict plus the learned network (architecture, config, theta)."""
+        state_dict = super().state_dict()
+        state_dict[_STATE_DICT_KEY] = {
+            "architecture": self.architecture,
+            "config": dataclasses.asdict(self.config),
+            "theta": {k: v.clone() for k, v in self._theta.items()},
+        }
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict; per-parameter state keeps full precision (see module docstring)."""
+        learned = state_dict.get(_STATE_DICT_KEY)
+        if learned is not None:
+            if learned["architecture"] != self.architecture:
+                raise ValueError(
+                    f"state dict is for a {learned['architecture']!r} optimizer, this is {self.architecture!r}"
+                )
+            config = config_from_dict(self.Config, learned["config"], "state dict")
+            expected = self.init_theta(config, None)
+            theta = validate_theta(expected, learned["theta"], "state dict")
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        if learned is not None:
+            self.config = config
+            self._theta = theta
+            self._theta_cache = {}
+        # torch casts floating state to the parameter's dtype; restore our precision policy.
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in saved_state.items():
+            p = params[index]
+            dtype = compute_dtype_for(p.dtype)
+            for key, value in saved.items():
+                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
+
+    # -- weights I/O (implemented in learned_optim.hub) -----------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name: str, params: ParamsT, **kwargs: Any) -> LearnedOptimizer:
+        """Like :func:`learned_optim.load`, checking that the weights are of this architecture."""
+        from learned_optim import hub
+
+        hub_keys = ("revision", "cache_dir", "local_files_only")
+        pretrained = hub.from_pretrained(name, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+        if pretrained.architecture != cls.architecture:
+            raise WeightsError(f"{name}: weights are for {pretrained.architecture!r}, not {cls.architecture!r}")
+        return pretrained.build(params, **kwargs)
+
+    def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
+        """Write the learned network as a weights directory (see :func:`learned_optim.hub.save_pretrained`)."""
+        from learned_optim import hub
+
+        return hub.save_pretrained(self, directory, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the learned network to a Hub repo (see :func:`learned_optim.hub.push_to_hub`)."""
+        from learned_optim import hub
+
+        return hub.push_to_hub(self, repo_id, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Optimizer.__getstate__ keeps only defaults/state/param_groups; keep the network too.
+        state = super().__getstate__()
+        state.update(config=self.config, chunk_size=self.chunk_size, _theta=self._theta, _theta_cache={})
+        return state
+
+    def __repr__(self) -> str:
+        # torch.optim's listing of the param groups, then the architecture's config.
+        return f"{super().__repr__()[:-1]}{self.config!r}\n)"

@@ -1,0 +1,63 @@
+"""The ``learned-optim`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import learned_optim
+from learned_optim import hub
+
+
+def _list(args: argparse.Namespace) -> int:
+    entries = hub.list_pretrained()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    if not entries:
+        print("no pretrained weights found in " + ", ".join(map(str, hub.weights_dirs())) or "no weights folder")
+        return 0
+    width = max(len(entry["name"]) for entry in entries)
+    arch_width = max(len(entry["architecture"]) for entry in entries)
+    for entry in entries:
+        print(f"{entry['name']:<{width}}  {entry['architecture']:<{arch_width}}  {entry['description']}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    directory = hub.resolve(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    pretrained = hub.read_pretrained(directory)
+    print(f"{args.repo_id}: {pretrained.architecture} weights in {directory}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="learned-optim", description="Pretrained learned optimizers for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"learned_optim {learned_optim.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="list the pretrained weights shipped with the package")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=_list)
+
+    download = commands.add_parser("download", help="download weights from the Hugging Face Hub into its cache")
+    download.add_argument("repo_id", help="Hub model repo, 'owner/name'")
+    download.add_argument("--revision", help="branch, tag or commit (default: main)")
+    download.add_argument("--cache-dir", help="cache folder (default: huggingface_hub's)")
+    download.set_defaults(handler=_download)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except learned_optim.WeightsError as error:
+        print(f"learned-optim: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Optimizee tasks and their data."""

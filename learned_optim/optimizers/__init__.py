@@ -1,0 +1,24 @@
+"""One module per learned optimizer; ``ARCHITECTURES`` maps a config's architecture name to its class."""
+
+from __future__ import annotations
+
+from learned_optim.base import LearnedOptimizer
+from learned_optim.errors import UnknownArchitectureError
+from learned_optim.optimizers.lstm import LSTMConfig, LSTMOptimizer
+from learned_optim.optimizers.rnnprop import RNNprop, RNNpropConfig
+
+ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {cls.architecture: cls for cls in (LSTMOptimizer, RNNprop)}
+
+
+def get_architecture(name: str, source: str = "config") -> type[LearnedOptimizer]:
+    """The optimizer class registered under ``name``."""
+    try:
+        return ARCHITECTURES[name]
+    except (KeyError, TypeError):
+        raise UnknownArchitectureError(
+            f"{source}: unknown architecture {name!r}; this version of learned_optim provides "
+            f"{sorted(ARCHITECTURES)} (a newer release may provide it)"
+        ) from None
+
+
+__all__ = ["ARCHITECTURES", "LSTMConfig", "LSTMOptimizer", "RNNprop", "RNNpropConfig", "get_architecture"]

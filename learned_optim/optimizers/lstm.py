@@ -1,0 +1,88 @@
+r"""Coordinatewise LSTM optimizer of Andrychowicz et al. 2016.
+
+"Learning to learn by gradient descent by gradient descent" (NeurIPS 2016, arXiv:1606.04474).
+One small LSTM with weights φ is shared by all coordinates of all parameters; each coordinate
+keeps its own hidden state. For a coordinate with gradient g_t::
+
+    x_t           = preprocess(g_t)                      (log|g|/p, sign g), appendix A; p = 10
+    y_t, s_{t+1}  = LSTM_φ(x_t, s_t)                     2 layers, 20 hidden units
+    d_t           = output_scale · (W y_t + b)           output_scale = 0.1
+    θ_{t+1}       = θ_t − lr · d_t                       lr = 1 is the step it was trained with
+
+The paper writes θ_{t+1} = θ_t + g_t with g_t the network output; we use the torch.optim sign
+convention (subtract a direction) so that ``lr`` scales the learned step like any other optimizer.
+
+State per coordinate: h and c of each layer, 2 · num_layers · hidden_size numbers (80 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from learned_optim.base import LearnedOptimizer, compute_dtype_for
+from learned_optim.features import log_sign
+from learned_optim.nets import init_linear, init_lstm, linear, lstm
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """Architecture hyperparameters of :class:`LSTMOptimizer`."""
+
+    hidden_size: int = 20
+    num_layers: int = 2
+    preprocess_p: float = 10.0
+    output_scale: float = 0.1
+
+
+def init_theta(config: LSTMConfig, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Fresh (untrained) network weights, float32 on the CPU."""
+    theta = init_lstm("lstm", 2, config.hidden_size, config.num_layers, generator)
+    theta.update(init_linear("output", config.hidden_size, 1, generator))
+    return theta
+
+
+def init_state(param: Tensor, config: LSTMConfig) -> dict[str, Tensor]:
+    """Zero hidden and cell states, shaped ``param.shape + (hidden_size,)``."""
+    dtype = compute_dtype_for(param.dtype)
+    shape = (*param.shape, config.hidden_size)
+    state = {}
+    for layer in range(config.num_layers):
+        state[f"h{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
+        state[f"c{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
+    return state
+
+
+def update(
+    theta: dict[str, Tensor], grad: Tensor, state: dict[str, Tensor], step: Tensor | float, config: LSTMConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pure update: returns the direction ``d_t`` (shaped like ``grad``) and the new state.
+
+    ``step`` (1-based) is unused by this architecture; it is accepted so that every optimizer's
+    update has the same signature.
+    """
+    del step
+    numel, hidden_size = grad.numel(), config.hidden_size
+    x = log_sign(grad.reshape(numel).to(theta["output.weight"].dtype), config.preprocess_p)
+    hidden = [
+        (state[f"h{layer}"].reshape(numel, hidden_size), state[f"c{layer}"].reshape(numel, hidden_size))
+        for layer in range(config.num_layers)
+    ]
+    top, hidden = lstm(theta, "lstm", x, hidden)
+    direction = linear(theta, "output", top) * config.output_scale
+    new_state = {}
+    for layer, (h, c) in enumerate(hidden):
+        new_state[f"h{layer}"] = h.reshape(state[f"h{layer}"].shape)
+        new_state[f"c{layer}"] = c.reshape(state[f"c{layer}"].shape)
+    return direction.reshape(grad.shape), new_state
+
+
+class LSTMOptimizer(LearnedOptimizer):
+    __doc__ = __doc__
+    architecture = "lstm"
+    Config = LSTMConfig
+    init_theta = staticmethod(init_theta)
+    init_state = staticmethod(init_state)
+    update = staticmethod(update)
