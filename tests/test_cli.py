@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from hub_server import FakeHub
+
+import learned_optim as lo
+
+
+def run_cli(*args, env=None, check=True):
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "learned_optim", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+@pytest.fixture
+def weights_folder(tmp_path):
+    import torch
+
+    optimizer = lo.LSTMOptimizer([torch.nn.Parameter(torch.zeros(2))], hidden_size=3, num_layers=1)
+    optimizer.save_pretrained(tmp_path / "weights" / "tiny-lstm", description="tiny LSTM for tests")
+    return tmp_path / "weights"
+
+
+def test_list_prints_name_architecture_and_description(weights_folder):
+    out = run_cli("list", env={"LEARNED_OPTIM_WEIGHTS": str(weights_folder)}).stdout
+    assert "tiny-lstm" in out and "lstm" in out and "tiny LSTM for tests" in out
+    entries = json.loads(run_cli("list", "--json", env={"LEARNED_OPTIM_WEIGHTS": str(weights_folder)}).stdout)
+    assert {"name": "tiny-lstm", "architecture": "lstm", "description": "tiny LSTM for tests"} in entries
+
+
+def test_download_from_the_hub_into_the_cache(weights_folder, tmp_path):
+    files = {p.name: p.read_bytes() for p in (weights_folder / "tiny-lstm").iterdir()}
+    with FakeHub() as hub:
+        hub.commit("org/tiny", files)
+        env = {"HF_ENDPOINT": hub.endpoint}
+        out = run_cli("download", "org/tiny", "--cache-dir", str(tmp_path / "cache"), env=env).stdout
+        assert "org/tiny: lstm weights in" in out and str(tmp_path / "cache") in out
+        missing = run_cli("download", "org/nothing", "--cache-dir", str(tmp_path / "c2"), env=env, check=False)
+    assert missing.returncode == 1 and "'org/nothing' does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["download"]])
+def test_help_everywhere(command):
+    out = run_cli(*command, "--help").stdout
+    assert out.startswith("usage: learned-optim")

@@ -1,0 +1,244 @@
+"""Weights format, lookup by name, and the Hub protocol through the real huggingface_hub client."""
+
+import json
+import socket
+
+import pytest
+import safetensors.torch
+import torch
+from hub_server import FakeHub
+
+import learned_optim as lo
+from learned_optim import hub
+
+
+def _params():
+    return [torch.nn.Parameter(torch.randn(4, 3))]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    optimizer = lo.RNNprop(_params(), seed=5, hidden_size=4, num_layers=1)
+    directory = optimizer.save_pretrained(
+        tmp_path / "tiny-rnnprop",
+        description="a tiny test network",
+        metrics={"mnist-mlp": {"loss@100": 0.3}},
+        recipe={"command": "learned-optim meta-train x.json", "seed": 0},
+    )
+    return optimizer, directory
+
+
+def _same_theta(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_and_read_back_a_directory(saved):
+    optimizer, directory = saved
+    assert sorted(p.name for p in directory.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    pretrained = lo.from_pretrained(directory)
+    assert pretrained.architecture == "rnnprop" and pretrained.config == optimizer.config
+    assert _same_theta(pretrained.theta, optimizer.theta)
+    assert pretrained.metrics == {"mnist-mlp": {"loss@100": 0.3}}
+    assert pretrained.recipe["seed"] == 0
+    document = json.loads((directory / "config.json").read_text())
+    assert document["format_version"] == hub.FORMAT_VERSION and document["library"] == "learned_optim"
+    card = (directory / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: learned_optim") and "a tiny test network" in card
+
+
+def test_load_by_name_and_list_pretrained(saved, monkeypatch):
+    optimizer, directory = saved
+    monkeypatch.setenv("LEARNED_OPTIM_WEIGHTS", str(directory.parent))
+    entries = {entry["name"]: entry for entry in lo.list_pretrained()}
+    assert entries["tiny-rnnprop"] == {
+        "name": "tiny-rnnprop",
+        "architecture": "rnnprop",
+        "description": "a tiny test network",
+    }
+    model = torch.nn.Linear(3, 2)
+    loaded = lo.load("tiny-rnnprop", model.parameters(), lr=0.5)
+    assert isinstance(loaded, lo.RNNprop) and loaded.param_groups[0]["lr"] == 0.5
+    assert _same_theta(loaded.theta, optimizer.theta)
+    model(torch.randn(5, 3)).sum().backward()
+    loaded.step()
+    assert lo.RNNprop.from_pretrained("tiny-rnnprop", model.parameters()).config.hidden_size == 4
+    with pytest.raises(lo.WeightsError, match="not 'lstm'"):
+        lo.LSTMOptimizer.from_pretrained("tiny-rnnprop", model.parameters())
+
+
+def test_unknown_name_lists_what_is_available(saved, monkeypatch):
+    monkeypatch.setenv("LEARNED_OPTIM_WEIGHTS", str(saved[1].parent))
+    with pytest.raises(lo.WeightsNotFoundError, match=r"rnnprop-mnistt.*available: \['tiny-rnnprop'\]"):
+        lo.load("rnnprop-mnistt", _params())
+
+
+def _edit_config(directory, **changes):
+    path = directory / "config.json"
+    document = json.loads(path.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            document[key].update(value)
+        else:
+            document[key] = value
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "message"),
+    [
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-100]),
+            lo.WeightsError,
+            "model.safetensors: not a readable safetensors file",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      "),
+            lo.WeightsError,
+            "model.safetensors: not a readable safetensors file",
+        ),
+        (lambda d: (d / "model.safetensors").unlink(), lo.WeightsNotFoundError, "weights file is missing"),
+        (lambda d: (d / "config.json").write_text("{"), lo.WeightsError, "config.json: not valid JSON"),
+        (
+            lambda d: _edit_config(d, architecture="transformer-l2o"),
+            lo.UnknownArchitectureError,
+            r"config.json: unknown architecture 'transformer-l2o'",
+        ),
+        (
+            lambda d: _edit_config(d, architecture="__import__('os').system('echo pwned')"),
+            lo.UnknownArchitectureError,
+            "unknown architecture",
+        ),
+        (lambda d: _edit_config(d, format_version=99), lo.WeightsError, "format_version 99 is newer"),
+        (
+            lambda d: _edit_config(d, config={"hidden_size": 5}),
+            lo.WeightsError,
+            r"tensor 'input.weight' has shape \(4, 2\), the config expects \(5, 2\)",
+        ),
+        (lambda d: _edit_config(d, config={"hidden_units": 5}), lo.WeightsError, "unknown RNNpropConfig keys"),
+        (
+            lambda d: safetensors.torch.save_file({"input.weight": torch.zeros(4, 2)}, d / "model.safetensors"),
+            lo.WeightsError,
+            "missing",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "corrupted",
+        "no-weights",
+        "bad-json",
+        "unknown-arch",
+        "code-as-arch",
+        "newer-format",
+        "shape-mismatch",
+        "unknown-config-key",
+        "missing-tensors",
+    ],
+)
+def test_damaged_weights_get_a_clear_error_naming_the_file(saved, damage, error, message):
+    directory = saved[1]
+    damage(directory)
+    with pytest.raises(error, match=message) as raised:
+        lo.from_pretrained(directory)
+    assert str(directory) in str(raised.value)
+
+
+def test_non_finite_weights_are_refused(saved):
+    _, directory = saved
+    tensors = safetensors.torch.load_file(directory / "model.safetensors")
+    tensors["output.bias"][0] = float("nan")
+    safetensors.torch.save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(lo.WeightsError, match=r"'output\.bias' contains NaN"):
+        lo.from_pretrained(directory)
+
+
+def test_optimizer_state_dict_refuses_another_architecture():
+    lstm = lo.LSTMOptimizer(_params())
+    with pytest.raises(ValueError, match="'lstm' optimizer, this is 'rnnprop'"):
+        lo.RNNprop(_params()).load_state_dict(lstm.state_dict())
+
+
+# -- the Hub ----------------------------------------------------------------------------------
+
+
+def _files(directory):
+    return {path.name: path.read_bytes() for path in directory.iterdir()}
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    with FakeHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        yield server
+
+
+def test_load_a_hub_repo_through_huggingface_hub(saved, fake_hub, tmp_path):
+    optimizer, directory = saved
+    first = fake_hub.commit("some-org/some-repo", _files(directory))
+    newer = lo.RNNprop(_params(), seed=6, hidden_size=4, num_layers=1)
+    newer_dir = newer.save_pretrained(tmp_path / "newer")
+    fake_hub.commit("some-org/some-repo", _files(newer_dir))
+    cache = tmp_path / "cache"
+
+    latest = lo.from_pretrained("some-org/some-repo", cache_dir=cache)
+    assert _same_theta(latest.theta, newer.theta)
+    pinned = lo.from_pretrained("some-org/some-repo", revision=first, cache_dir=cache)
+    assert _same_theta(pinned.theta, optimizer.theta)
+    assert any(r.startswith("GET /some-org/some-repo/resolve/main/model.safetensors") for r in fake_hub.requests)
+
+    # Once cached, it loads without the network.
+    fake_hub.requests.clear()
+    offline = lo.load("some-org/some-repo", _params(), cache_dir=cache, local_files_only=True)
+    assert _same_theta(offline.theta, newer.theta) and fake_hub.requests == []
+
+
+def test_hub_errors_name_the_repo(saved, fake_hub, tmp_path):
+    fake_hub.commit("some-org/some-repo", _files(saved[1]))
+    with pytest.raises(lo.WeightsNotFoundError, match="'some-org/missing' does not exist"):
+        lo.from_pretrained("some-org/missing", cache_dir=tmp_path)
+    with pytest.raises(lo.WeightsNotFoundError, match=r"revision 'v9'.*no such revision"):
+        lo.from_pretrained("some-org/some-repo", revision="v9", cache_dir=tmp_path)
+    fake_hub.commit("some-org/not-weights", {"README.md": b"hello"})
+    with pytest.raises(lo.WeightsNotFoundError, match=r"has no config\.json"):
+        lo.from_pretrained("some-org/not-weights", cache_dir=tmp_path)
+
+
+def test_offline_with_no_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(lo.WeightsNotFoundError, match="not in the local cache"):
+        lo.from_pretrained("some-org/some-repo", cache_dir=tmp_path, local_files_only=True)
+
+
+@pytest.mark.slow  # huggingface_hub retries an unreachable Hub with backoff for about 20 s
+def test_unreachable_hub_with_no_cache_is_a_clear_error(tmp_path, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(lo.WeightsNotFoundError, match=r"some-org/some-repo.*not in the local cache"):
+        lo.from_pretrained("some-org/some-repo", cache_dir=tmp_path)
+
+
+def test_push_to_hub_then_load_back(saved, fake_hub, tmp_path):
+    optimizer, directory = saved
+    url = optimizer.push_to_hub("me/my-optimizer", token="hf_test", description="pushed")
+    assert url.startswith(f"{fake_hub.endpoint}/me/my-optimizer/commit/")
+    pulled = lo.from_pretrained("me/my-optimizer", cache_dir=tmp_path / "cache")
+    assert _same_theta(pulled.theta, optimizer.theta) and pulled.description == "pushed"
+    # An existing directory is validated before upload.
+    lo.push_to_hub(directory, "me/dir-upload", token="hf_test")
+    (directory / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(lo.WeightsError):
+        lo.push_to_hub(directory, "me/broken", token="hf_test")
+    assert "me/broken" not in fake_hub.repos
+
+
+def test_runtime_import_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, learned_optim; "
+        "heavy = [m for m in ('learned_optim.meta', 'sympy', 'torchvision', 'matplotlib', 'pyoperon') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

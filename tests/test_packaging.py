@@ -1,0 +1,63 @@
+"""The wheel must contain every package and the shipped weights."""
+
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import learned_optim as lo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _declared_packages():
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    return {line.strip() for line in config["options"]["packages"].splitlines() if line.strip()}
+
+
+def test_every_package_is_declared_in_setup_cfg():
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "learned_optim").rglob("__init__.py")}
+    assert found | {"learned_optim.pretrained"} == _declared_packages()
+
+
+def test_console_script_is_declared():
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    assert "learned-optim = learned_optim.cli:main" in config["options.entry_points"]["console_scripts"]
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "data", "runs", "*.egg-info", "build"))
+    lo.RNNprop([torch.nn.Parameter(torch.zeros(1))], hidden_size=3, num_layers=1).save_pretrained(
+        source / "weights" / "wheel-test", description="packaged"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", "."],
+        cwd=source,
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "learned_optim/pretrained/wheel-test/model.safetensors" in names
+    assert "learned_optim/meta/tasks/data.py" in names
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", tmp_path / "site", wheel], check=True
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LEARNED_OPTIM_WEIGHTS"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    code = "import learned_optim as lo; print(lo.__file__); print([e['name'] for e in lo.list_pretrained()])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    location, names_listed = out.stdout.splitlines()
+    assert location.startswith(str(tmp_path / "site")) and "'wheel-test'" in names_listed
