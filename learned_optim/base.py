@@ -35,7 +35,7 @@ from torch.optim.optimizer import ParamsT
 
 from learned_optim.errors import WeightsError
 
-DEFAULT_CHUNK_SIZE = 32768
+DEFAULT_CHUNK_SIZE = 8192
 _STATE_DICT_KEY = "learned_optimizer"
 
 
@@ -215,20 +215,25 @@ class LearnedOptimizer(torch.optim.Optimizer):
         target = p if p.is_contiguous() else p.contiguous()
         flat_param = target.view(numel)
         flat_grad = grad.reshape(numel).to(compute_dtype)
-        # State tensors are shaped p.shape + extra; view them as (numel, *extra).
-        flat_state = {k: v.view(numel, *v.shape[p.dim() :]) for k, v in state.items() if k != "step"}
+        # State tensors are shaped (*extra, *p.shape), feature-major; view them as (*extra, numel).
+        flat_state = {k: v.view(*v.shape[: v.dim() - p.dim()], numel) for k, v in state.items() if k != "step"}
+        # Masking costs a pass over the state; on the CPU skip it when every gradient is finite
+        # (on accelerators that check would force a device sync, so always mask there).
+        mask_non_finite = p.device.type != "cpu" or not bool(torch.isfinite(flat_grad).all())
         for start in range(0, numel, self.chunk_size):
             end = min(start + self.chunk_size, numel)
             chunk_grad = flat_grad[start:end]
-            finite = torch.isfinite(chunk_grad)
-            chunk_state = {k: v[start:end] for k, v in flat_state.items()}
-            direction, new_state = self.update(
-                theta, torch.where(finite, chunk_grad, 0.0), chunk_state, step, self.config
-            )
+            chunk_state = {k: v[..., start:end] for k, v in flat_state.items()}
+            if mask_non_finite:
+                finite = torch.isfinite(chunk_grad)
+                chunk_grad = torch.where(finite, chunk_grad, 0.0)
+            direction, new_state = self.update(theta, chunk_grad, chunk_state, step, self.config)
+            if mask_non_finite:
+                direction = torch.where(finite, direction, 0.0)
+                new_state = {k: torch.where(finite, v, chunk_state[k]) for k, v in new_state.items()}
             for key, old in chunk_state.items():
-                mask = finite.view(-1, *([1] * (old.dim() - 1)))
-                old.copy_(torch.where(mask, new_state[key], old))
-            flat_param[start:end].sub_(torch.where(finite, direction, 0.0), alpha=lr)
+                old.copy_(new_state[key])
+            flat_param[start:end].sub_(direction, alpha=lr)
         if target is not p:
             p.copy_(target)
 

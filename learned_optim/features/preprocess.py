@@ -17,11 +17,11 @@ from torch import Tensor
 
 
 def log_sign(grad: Tensor, p: float = 10.0) -> Tensor:
-    """Preprocess a flat gradient of shape ``(N,)`` into inputs of shape ``(N, 2)``."""
+    """Preprocess a flat gradient of shape ``(N,)`` into feature-major inputs of shape ``(2, N)``."""
     threshold = math.exp(-p)
     magnitude = grad.abs()
     large = magnitude >= threshold
     # Clamping keeps log finite on the small branch, whose value torch.where discards anyway.
     log_part = torch.where(large, torch.log(magnitude.clamp_min(threshold)) / p, -1.0)
     sign_part = torch.where(large, torch.sign(grad), grad * math.exp(p))
-    return torch.stack((log_part, sign_part), dim=-1)
+    return torch.stack((log_part, sign_part))

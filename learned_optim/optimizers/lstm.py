@@ -45,9 +45,9 @@ def init_theta(config: LSTMConfig, generator: torch.Generator | None = None) -> 
 
 
 def init_state(param: Tensor, config: LSTMConfig) -> dict[str, Tensor]:
-    """Zero hidden and cell states, shaped ``param.shape + (hidden_size,)``."""
+    """Zero hidden and cell states, shaped ``(hidden_size, *param.shape)`` (feature-major)."""
     dtype = compute_dtype_for(param.dtype)
-    shape = (*param.shape, config.hidden_size)
+    shape = (config.hidden_size, *param.shape)
     state = {}
     for layer in range(config.num_layers):
         state[f"h{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
@@ -67,7 +67,7 @@ def update(
     numel, hidden_size = grad.numel(), config.hidden_size
     x = log_sign(grad.reshape(numel).to(theta["output.weight"].dtype), config.preprocess_p)
     hidden = [
-        (state[f"h{layer}"].reshape(numel, hidden_size), state[f"c{layer}"].reshape(numel, hidden_size))
+        (state[f"h{layer}"].reshape(hidden_size, numel), state[f"c{layer}"].reshape(hidden_size, numel))
         for layer in range(config.num_layers)
     ]
     top, hidden = lstm(theta, "lstm", x, hidden)

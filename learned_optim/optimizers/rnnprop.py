@@ -25,7 +25,7 @@ from torch.nn import functional
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.features import adam_normalized, ema
-from learned_optim.nets import init_linear, init_lstm, linear, lstm
+from learned_optim.nets import init_linear, init_lstm, linear, lstm, tanh
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ def init_theta(config: RNNpropConfig, generator: torch.Generator | None = None) 
 
 
 def init_state(param: Tensor, config: RNNpropConfig) -> dict[str, Tensor]:
-    """Zero moments shaped like ``param`` and zero LSTM states shaped ``param.shape + (hidden,)``."""
+    """Zero moments shaped like ``param`` and zero LSTM states shaped ``(hidden_size, *param.shape)``."""
     dtype = compute_dtype_for(param.dtype)
     state = {
         "exp_avg": torch.zeros(param.shape, dtype=dtype, device=param.device),
         "exp_avg_sq": torch.zeros(param.shape, dtype=dtype, device=param.device),
     }
-    shape = (*param.shape, config.hidden_size)
+    shape = (config.hidden_size, *param.shape)
     for layer in range(config.num_layers):
         state[f"h{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
         state[f"c{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
@@ -71,13 +71,13 @@ def update(
     exp_avg = ema(state["exp_avg"].reshape(numel), g, config.beta1)
     exp_avg_sq = ema(state["exp_avg_sq"].reshape(numel), g * g, config.beta2)
     m_tilde, g_tilde = adam_normalized(g, exp_avg, exp_avg_sq, step, config.beta1, config.beta2, config.eps)
-    x = functional.elu(linear(theta, "input", torch.stack((m_tilde, g_tilde), dim=-1)))
+    x = functional.elu(linear(theta, "input", torch.stack((m_tilde, g_tilde))))
     hidden = [
-        (state[f"h{layer}"].reshape(numel, hidden_size), state[f"c{layer}"].reshape(numel, hidden_size))
+        (state[f"h{layer}"].reshape(hidden_size, numel), state[f"c{layer}"].reshape(hidden_size, numel))
         for layer in range(config.num_layers)
     ]
     top, hidden = lstm(theta, "lstm", x, hidden)
-    direction = torch.tanh(linear(theta, "output", top)) * config.step_scale
+    direction = tanh(linear(theta, "output", top)) * config.step_scale
     new_state = {
         "exp_avg": exp_avg.reshape(grad.shape),
         "exp_avg_sq": exp_avg_sq.reshape(grad.shape),
