@@ -17,7 +17,8 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:
-        print("no pretrained weights found in " + ", ".join(map(str, hub.weights_dirs())) or "no weights folder")
+        searched = ", ".join(map(str, hub.weights_dirs())) or "(no weights folder exists)"
+        print(f"no pretrained weights found; searched {searched}")
         return 0
     width = max(len(entry["name"]) for entry in entries)
     arch_width = max(len(entry["architecture"]) for entry in entries)
