@@ -81,9 +81,11 @@ def lstm(theta: dict[str, Tensor], prefix: str, x: Tensor, hidden: Hidden) -> tu
         size = h.shape[0]
         weight, bias = theta[f"{prefix}.{layer}.weight"], theta[f"{prefix}.{layer}.bias"]
         gates = torch.addmm(bias.unsqueeze(1), weight, torch.cat((x, h)))
-        input_forget = torch.sigmoid(gates[: 2 * size])  # i and f are adjacent: one contiguous call
-        c = input_forget[size:] * c + input_forget[:size] * tanh(gates[2 * size : 3 * size])
-        h = torch.sigmoid(gates[3 * size :]) * tanh(c)
+        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per slice
+        input_forget, cell, output = gates.split((2 * size, size, size))
+        input_gate, forget_gate = torch.sigmoid(input_forget).split((size, size))  # one contiguous call
+        c = forget_gate * c + input_gate * tanh(cell)
+        h = torch.sigmoid(output) * tanh(c)
         new_hidden.append((h, c))
         x = h
     return x, new_hidden
