@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import learned_optim
 from learned_optim import hub
@@ -34,6 +35,24 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meta_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from learned_optim.meta.export import export_weights
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = MetaTrainConfig.from_file(args.config)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+    trainer = MetaTrainer(config, run_dir, data_root=args.data_root)
+    result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
+    command = f"learned-optim meta-train {args.config}" + (f" --threads {args.threads}" if args.threads else "")
+    out = export_weights(trainer, result, args.out or run_dir / "weights", command)
+    print(f"weights written to {out} (best meta-validation loss {min(result.progress.best_valid, 1e9):.4f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learned-optim", description="Pretrained learned optimizers for PyTorch.")
     parser.add_argument("--version", action="version", version=f"learned_optim {learned_optim.__version__}")
@@ -48,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--revision", help="branch, tag or commit (default: main)")
     download.add_argument("--cache-dir", help="cache folder (default: huggingface_hub's)")
     download.set_defaults(handler=_download)
+
+    meta = commands.add_parser("meta-train", help="meta-train a learned optimizer from a JSON config")
+    meta.add_argument("config", help="recipe file, e.g. configs/lstm-mnist.json")
+    meta.add_argument("--run-dir", help="checkpoint, metrics and plot folder (default: runs/<config name>)")
+    meta.add_argument("--out", help="weights directory to write (default: <run-dir>/weights)")
+    meta.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    meta.add_argument("--data-root", help="dataset folder (default: $LEARNED_OPTIM_DATA or ~/.cache)")
+    meta.add_argument("--threads", type=int, help="torch CPU threads (results depend on it; the recipe records it)")
+    meta.add_argument("--no-progress", action="store_true", help="no progress bar")
+    meta.set_defaults(handler=_meta_train)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""Turn a finished meta-training run into a weights directory with its recipe and model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learned_optim.hub import save_pretrained
+from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> dict[str, Any]:
+    return {
+        "command": command,
+        "config": dataclasses.asdict(trainer.config),
+        "seed": trainer.config.seed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "commit": git_commit(),
+        "meta_training_minutes": round(result.progress.seconds / 60, 1),
+    }
+
+
+def training_card(name: str, trainer: MetaTrainer, result: MetaTrainResult, recipe: dict[str, Any]) -> str:
+    config = trainer.config
+    history = result.progress.history
+    rows = "\n".join(
+        f"| {r['epoch']} | {r['phase']} | {r['horizon']} | {r['train_loss']:.4f} | {r['valid_loss']:.4f} |"
+        for r in history
+    )
+    return f"""---
+library_name: learned_optim
+tags:
+- learned-optimizer
+- pytorch
+---
+
+# {name}
+
+{config.description}
+
+```python
+import learned_optim as lo
+opt = lo.load("{name}", model.parameters())
+```
+
+Architecture `{config.architecture}` with `{json_dumps(dataclasses.asdict(result.optimizer_config))}`.
+
+## Evaluation
+
+Not evaluated yet: run `python -m benchmarks.l2o_eval --weights {name}` to fill this section.
+
+## Recipe
+
+```bash
+{recipe["command"]}
+```
+
+Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed {config.seed}; trained in
+{recipe["meta_training_minutes"]} minutes on {recipe["threads"]} CPU thread(s) ({recipe["machine"]}), torch
+{recipe["torch"]}, commit {recipe["commit"]}. The full config is in `config.json` under `recipe`.
+
+![meta-training curve](training.png)
+
+| epoch | phase | horizon | meta-train loss | meta-validation loss |
+|---:|---|---:|---:|---:|
+{rows}
+"""
+
+
+def json_dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Path, command: str) -> Path:
+    """Write the best weights of ``result`` to ``out`` (config.json, model.safetensors, card, plot)."""
+    out = Path(out)
+    optimizer = trainer.architecture(
+        [torch.nn.Parameter(torch.zeros(1))], config=result.optimizer_config, theta=result.best_theta
+    )
+    recipe = recipe_of(trainer, result, command)
+    best = min((r for r in result.progress.history if r["phase"] == "meta"), key=lambda r: r["valid_loss"])
+    metrics = {"meta_validation": {"best_epoch": best["epoch"], "loss": best["valid_loss"], "horizon": best["horizon"]}}
+    save_pretrained(
+        optimizer,
+        out,
+        description=trainer.config.description,
+        metrics=metrics,
+        recipe=recipe,
+        model_card=training_card(out.name, trainer, result, recipe),
+    )
+    plot = trainer.run_dir / "training.png"
+    if plot.exists():
+        shutil.copyfile(plot, out / "training.png")
+    return out

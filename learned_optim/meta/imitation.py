@@ -1,0 +1,60 @@
+"""Imitation warm start: train the learned optimizer to reproduce a hand-designed teacher.
+
+Along the teacher's own trajectory θ_{t+1} = θ_t − u_t, the learned optimizer sees the same
+gradients and is trained, by truncated BPTT through its state, to minimise
+
+    Σ_t ‖lr · d_t − u_t‖² / Σ_t ‖u_t‖²
+
+which gives meta-training a starting point that already descends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from learned_optim.meta.teachers import init_teacher_state, teacher_update
+from learned_optim.meta.unroll import apply_direction, flat_parameters
+
+
+def imitation_trajectory(
+    architecture: Any,
+    theta: dict[str, Tensor],
+    config: Any,
+    task: Any,
+    generator: torch.Generator,
+    *,
+    teacher: str,
+    teacher_lr: float,
+    horizon: int,
+    unroll: int,
+    inner_lr: float,
+    meta_step,
+) -> list[float]:
+    """Follow the teacher for ``horizon`` steps; call ``meta_step(loss)`` after every ``unroll`` steps."""
+    names = task.parameter_names
+    params = task.init(generator)
+    flat = flat_parameters(task, params)
+    teacher_state = init_teacher_state(teacher, flat)
+    opt_state = architecture.init_state(flat, config)
+    losses = []
+    for begin in range(0, horizon, unroll):
+        error = flat.new_zeros(())
+        scale = flat.new_zeros(())
+        for t in range(begin + 1, min(begin + unroll, horizon) + 1):
+            leaves = {k: (v.detach().requires_grad_() if k in names else v) for k, v in params.items()}
+            loss = task.loss(leaves, task.sample(generator, "train"))
+            grads = torch.autograd.grad(loss, [leaves[n] for n in names])
+            flat_grad = torch.cat([g.reshape(-1) for g in grads])
+            target, teacher_state = teacher_update(teacher, flat_grad, teacher_state, t, teacher_lr)
+            direction, opt_state = architecture.update(theta, flat_grad, opt_state, torch.tensor(float(t)), config)
+            error = error + ((inner_lr * direction - target) ** 2).sum()
+            scale = scale + (target**2).sum()
+            params = apply_direction(task, {k: v.detach() for k, v in params.items()}, target, 1.0)
+        imitation_loss = error / scale.clamp_min(1e-20)
+        meta_step(imitation_loss)
+        losses.append(float(imitation_loss.detach()))
+        opt_state = {k: v.detach() for k, v in opt_state.items()}
+    return losses

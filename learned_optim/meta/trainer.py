@@ -1,0 +1,351 @@
+"""Meta-training: outer Adam over the learned network's weights φ, truncated BPTT over unrolls.
+
+One meta-epoch runs ``trajectories_per_epoch`` task instances for the current horizon T, each in
+T/K unrolls of K steps; after each unroll, φ takes one Adam step on the unroll's meta-loss
+(clipped gradient norm). After each epoch the network is validated on fixed task instances from
+the ``valid`` split; the best weights are kept. With several ``horizons`` (a curriculum), training
+moves to the next horizon when validation has not improved for ``patience`` epochs.
+
+Optionally, ``imitation_epochs`` first train the network to reproduce a teacher (SGD, momentum,
+Adam), and ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017).
+
+Everything needed to continue is checkpointed atomically after every trajectory (φ, the outer
+Adam, the random generator, the curriculum position): a run killed at any moment resumes with
+``resume=True`` and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from learned_optim.base import config_from_dict
+from learned_optim.errors import WeightsError
+from learned_optim.meta.imitation import imitation_trajectory
+from learned_optim.meta.tasks import get_task
+from learned_optim.meta.tasks.rescaled import RescaledTask
+from learned_optim.meta.teachers import TEACHERS
+from learned_optim.meta.unroll import meta_loss, start, unroll
+from learned_optim.optimizers import get_architecture
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+_CHECKPOINT_FORMAT = "learned_optim-checkpoint-1"
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """A meta-training recipe; stored as JSON in ``configs/`` and in the weights' ``config.json``."""
+
+    architecture: str = "lstm"
+    optimizer_config: dict[str, Any] = field(default_factory=dict)
+    task: str = "mnist-mlp"
+    horizons: list[int] = field(default_factory=lambda: [100])
+    unroll: int = 20
+    meta_epochs: int = 50
+    trajectories_per_epoch: int = 20
+    meta_lr: float = 1e-3
+    grad_clip: float = 1.0
+    weighting: str = "mean"
+    inner_lr: float = 1.0
+    second_order: bool = False
+    validation_trajectories: int = 4
+    validation_horizon: int = 0
+    patience: int = 3
+    rescale: float = 0.0
+    imitation_teacher: str = ""
+    imitation_lr: float = 0.01
+    imitation_epochs: int = 0
+    seed: int = 0
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "meta-training config") -> MetaTrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; valid keys: {sorted(known)}")
+        config = cls(**values)
+        if any(h % config.unroll for h in config.horizons):
+            raise ValueError(f"{source}: every horizon must be a multiple of unroll={config.unroll}")
+        if config.imitation_epochs and config.imitation_teacher not in TEACHERS:
+            raise ValueError(f"{source}: imitation_epochs needs imitation_teacher, one of {TEACHERS}")
+        if config.weighting not in ("sum", "mean", "log_sum"):
+            raise ValueError(f"{source}: weighting must be sum, mean or log_sum")
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> MetaTrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    trajectory: int = 0
+    horizon_index: int = 0
+    epochs_since_best: int = 0
+    best_valid: float = math.inf
+    epoch_losses: list[float] = field(default_factory=list)
+    skipped_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class MetaTrainResult:
+    architecture: str
+    optimizer_config: Any
+    theta: dict[str, Tensor]
+    best_theta: dict[str, Tensor]
+    progress: Progress
+
+
+class MetaTrainer:
+    """Runs a :class:`MetaTrainConfig` in ``run_dir`` (checkpoint, metrics.jsonl, plot)."""
+
+    def __init__(self, config: MetaTrainConfig, run_dir: str | os.PathLike[str], data_root: str | None = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.architecture = get_architecture(config.architecture)
+        self.optimizer_config = config_from_dict(self.architecture.Config, config.optimizer_config, "optimizer_config")
+        task = get_task(config.task, data_root)
+        self.task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
+        self.validation_task = task
+        initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
+        self.theta = {k: v.requires_grad_() for k, v in initial.items()}
+        self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
+        self.meta_optimizer = torch.optim.Adam(self.theta.values(), lr=config.meta_lr)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.progress = Progress()
+
+    # -- one trajectory -------------------------------------------------------------------------
+
+    def _meta_step(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss):
+            self.progress.skipped_steps += 1  # keep φ: one diverged optimizee must not poison it
+            return
+        self.meta_optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
+        self.meta_optimizer.step()
+
+    def _meta_trajectory(self, horizon: int) -> float:
+        config = self.config
+        inner = start(self.architecture, self.optimizer_config, self.task, self.generator)
+        total = 0.0
+        for _ in range(horizon // config.unroll):
+            losses, inner = unroll(
+                self.architecture,
+                self.theta,
+                self.optimizer_config,
+                self.task,
+                inner,
+                self.generator,
+                config.unroll,
+                lr=config.inner_lr,
+                second_order=config.second_order,
+            )
+            self._meta_step(meta_loss(losses, config.weighting))
+            inner = inner.detached()
+            total += float(losses.detach().mean())
+        return total / (horizon // config.unroll)
+
+    def _imitation_trajectory(self, horizon: int) -> float:
+        losses = imitation_trajectory(
+            self.architecture,
+            self.theta,
+            self.optimizer_config,
+            self.task,
+            self.generator,
+            teacher=self.config.imitation_teacher,
+            teacher_lr=self.config.imitation_lr,
+            horizon=horizon,
+            unroll=self.config.unroll,
+            inner_lr=self.config.inner_lr,
+            meta_step=self._meta_step,
+        )
+        return sum(losses) / len(losses)
+
+    def validate(self, theta: dict[str, Tensor] | None = None, horizon: int | None = None) -> float:
+        """Mean training loss over fixed ``valid``-split task instances (lower is better)."""
+        theta = {k: v.detach() for k, v in (theta or self.theta).items()}
+        horizon = horizon or self.config.validation_horizon or self.config.horizons[self.progress.horizon_index]
+        generator = torch.Generator().manual_seed(self.config.seed + 10_000)
+        total = 0.0
+        for _ in range(self.config.validation_trajectories):
+            inner = start(self.architecture, self.optimizer_config, self.validation_task, generator)
+            for _ in range(horizon // self.config.unroll):
+                losses, inner = unroll(
+                    self.architecture,
+                    theta,
+                    self.optimizer_config,
+                    self.validation_task,
+                    inner,
+                    generator,
+                    self.config.unroll,
+                    lr=self.config.inner_lr,
+                    split="valid",
+                )
+                inner = inner.detached()
+                total += float(losses.detach().mean())
+        mean = total / (self.config.validation_trajectories * (horizon // self.config.unroll))
+        return mean if math.isfinite(mean) else math.inf
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False, progress_bar: bool = True) -> MetaTrainResult:
+        config, progress = self.config, self.progress
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (self.run_dir / CHECKPOINT_NAME).exists():
+            self.load_checkpoint(self.run_dir / CHECKPOINT_NAME)
+            progress = self.progress
+        total_epochs = config.imitation_epochs + config.meta_epochs
+        bar = tqdm(
+            total=total_epochs * config.trajectories_per_epoch,
+            initial=progress.epoch * config.trajectories_per_epoch + progress.trajectory,
+            desc=f"meta-train {config.architecture} on {config.task}",
+            disable=not progress_bar,
+            unit="traj",
+        )
+        while progress.epoch < total_epochs:
+            imitating = progress.epoch < config.imitation_epochs
+            horizon = config.horizons[progress.horizon_index]
+            while progress.trajectory < config.trajectories_per_epoch:
+                started = time.perf_counter()
+                run_one = self._imitation_trajectory if imitating else self._meta_trajectory
+                progress.epoch_losses.append(run_one(horizon))
+                progress.trajectory += 1
+                progress.seconds += time.perf_counter() - started
+                self.save_checkpoint()
+                bar.update(1)
+            self._end_epoch(imitating, horizon)
+            bar.set_postfix(valid=f"{progress.history[-1]['valid_loss']:.4f}", horizon=horizon)
+        bar.close()
+        self.write_plot()
+        return MetaTrainResult(
+            config.architecture,
+            self.optimizer_config,
+            {k: v.detach().clone() for k, v in self.theta.items()},
+            self.best_theta,
+            progress,
+        )
+
+    def _end_epoch(self, imitating: bool, horizon: int) -> None:
+        config, progress = self.config, self.progress
+        started = time.perf_counter()
+        valid = self.validate()
+        record = {
+            "epoch": progress.epoch + 1,
+            "phase": "imitation" if imitating else "meta",
+            "horizon": horizon,
+            "train_loss": sum(progress.epoch_losses) / len(progress.epoch_losses),
+            "valid_loss": valid,
+            "skipped_steps": progress.skipped_steps,
+        }
+        # Imitation epochs only warm up; best weights are chosen among meta-training epochs.
+        if not imitating and valid < progress.best_valid:
+            progress.best_valid = valid
+            progress.epochs_since_best = 0
+            self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
+        elif not imitating:
+            progress.epochs_since_best += 1
+            if progress.epochs_since_best >= config.patience and progress.horizon_index + 1 < len(config.horizons):
+                progress.horizon_index += 1
+                progress.epochs_since_best = 0
+                progress.best_valid = math.inf  # a longer horizon has a different loss scale
+        progress.seconds += time.perf_counter() - started
+        record["minutes"] = progress.seconds / 60
+        progress.history.append(record)
+        progress.epoch += 1
+        progress.trajectory = 0
+        progress.epoch_losses = []
+        self.save_checkpoint()
+        with open(self.run_dir / METRICS_NAME, "w", encoding="utf-8") as metrics:
+            metrics.writelines(json.dumps(row) + "\n" for row in progress.history)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        tensors = {f"theta.{k}": v.detach().clone() for k, v in self.theta.items()}
+        tensors.update({f"best_theta.{k}": v.clone() for k, v in self.best_theta.items()})
+        meta_state = self.meta_optimizer.state_dict()
+        for index, values in meta_state["state"].items():
+            tensors.update({f"meta_optimizer.{index}.{key}": value.clone() for key, value in values.items()})
+        tensors["generator"] = self.generator.get_state()
+        metadata = {
+            "format": _CHECKPOINT_FORMAT,
+            "config": json.dumps(dataclasses.asdict(self.config)),
+            "progress": json.dumps(dataclasses.asdict(self.progress)),
+            "meta_optimizer_groups": json.dumps(meta_state["param_groups"]),
+        }
+        target = self.run_dir / CHECKPOINT_NAME
+        temporary = target.with_name(f".{target.name}.tmp")
+        safetensors.torch.save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, target)  # atomic: a kill leaves the old or the new checkpoint
+
+    def load_checkpoint(self, path: Path) -> None:
+        with safetensors.safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        if metadata.get("format") != _CHECKPOINT_FORMAT:
+            raise WeightsError(f"{path}: not a learned_optim meta-training checkpoint")
+        saved_config = json.loads(metadata["config"])
+        if saved_config != dataclasses.asdict(self.config):
+            raise ValueError(f"{path}: the checkpoint was made with another config; use a new run directory")
+        with torch.no_grad():
+            for key, value in self.theta.items():
+                value.copy_(tensors[f"theta.{key}"])
+        self.best_theta = {k: tensors[f"best_theta.{k}"] for k in self.theta}
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("meta_optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        groups = json.loads(metadata["meta_optimizer_groups"])
+        self.meta_optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.generator.set_state(tensors["generator"])
+        self.progress = Progress(**json.loads(metadata["progress"]))
+
+    def write_plot(self) -> Path | None:
+        """``training.png``: training and validation loss per epoch, curriculum changes marked."""
+        history = self.progress.history
+        if not history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        epochs = [row["epoch"] for row in history]
+        figure, axis = plt.subplots(figsize=(7, 4))
+        axis.plot(epochs, [row["train_loss"] for row in history], label="meta-train (mean inner loss / imitation)")
+        axis.plot(epochs, [row["valid_loss"] for row in history], label="meta-validation (mean inner loss)")
+        for previous, row in itertools.pairwise(history):
+            if row["horizon"] != previous["horizon"]:
+                axis.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
+                axis.text(row["epoch"] - 0.5, axis.get_ylim()[1], f" T={row['horizon']}", va="top", fontsize=8)
+        axis.set_yscale("log")
+        axis.set_xlabel("meta-epoch")
+        axis.set_ylabel("loss")
+        axis.set_title(f"{self.config.architecture} on {self.config.task}")
+        axis.legend()
+        figure.tight_layout()
+        path = self.run_dir / "training.png"
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        return path
