@@ -57,9 +57,15 @@ class ModuleTask:
             raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
         return self.sampler(generator, split)
 
+    @property
+    def buffer_names(self) -> list[str]:
+        return [name for name, _ in self.template.named_buffers()]
+
     def loss(self, params: dict[str, Tensor], batch: Any) -> Tensor:
+        """Loss of ``params`` on ``batch``; pure: BatchNorm updates copies of the running statistics."""
         inputs, targets = batch
-        return self.loss_fn(functional_call(self.template, params, (inputs,)), targets)
+        tensors = {**params, **{name: params[name].clone() for name in self.buffer_names}}
+        return self.loss_fn(functional_call(self.template, tensors, (inputs,)), targets)
 
 
 def seeded_init(make: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:

@@ -1,0 +1,239 @@
+"""Meta-training: unrolls, imitation, curriculum, checkpoints and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import safetensors
+import torch
+from conftest import all_equal
+
+import learned_optim as lo
+from learned_optim.meta.imitation import imitation_trajectory
+from learned_optim.meta.tasks import get_task
+from learned_optim.meta.tasks.quadratic import QuadraticTask
+from learned_optim.meta.tasks.rescaled import RescaledTask
+from learned_optim.meta.trainer import CHECKPOINT_NAME, MetaTrainConfig, MetaTrainer
+from learned_optim.meta.unroll import meta_loss, start, unroll
+
+
+def test_functional_unroll_follows_the_runtime_optimizer(optimizer_class):
+    """The meta-trainer's inner loop and Optimizer.step are the same optimizer, numerically."""
+    task = get_task("quadratic")
+    config = optimizer_class.Config()
+    theta = optimizer_class.init_theta(config, torch.Generator().manual_seed(3))
+    inner = start(optimizer_class, config, task, torch.Generator().manual_seed(0))
+    _, after = unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 6, lr=0.5)
+
+    params = task.init(torch.Generator().manual_seed(0))
+    x = torch.nn.Parameter(params["theta"].clone())
+    optimizer = optimizer_class([x], lr=0.5, theta=theta)
+    for _ in range(6):
+        optimizer.zero_grad()
+        task.loss({**params, "theta": x}, None).backward()
+        optimizer.step()
+    torch.testing.assert_close(after.params["theta"].detach(), x.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_meta_gradient_reaches_every_weight_and_second_order_differs(optimizer_class):
+    task = QuadraticTask()
+    config = optimizer_class.Config()
+    gradients = {}
+    for second_order in (False, True):
+        theta = {k: v.requires_grad_() for k, v in optimizer_class.init_theta(config, None).items()}
+        inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
+        losses, _ = unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 5, second_order=second_order)
+        assert losses.shape == (5,)
+        meta_loss(losses, "log_sum").backward()
+        assert all(
+            v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0 for v in theta.values()
+        )
+        gradients[second_order] = [v.grad for v in theta.values()]
+    assert not all_equal(gradients[False], gradients[True])
+
+
+# RNNprop sees only normalised gradients, so it can imitate Adam but not SGD; the LSTM sees log|g|.
+@pytest.mark.parametrize(
+    ("architecture", "teacher", "teacher_lr"), [(lo.LSTMOptimizer, "sgd", 0.01), (lo.RNNprop, "adam", 0.05)]
+)
+def test_imitation_learns_to_reproduce_a_teacher(architecture, teacher, teacher_lr):
+    task = QuadraticTask()
+    config = architecture.Config()
+    theta = {
+        k: v.requires_grad_() for k, v in architecture.init_theta(config, torch.Generator().manual_seed(0)).items()
+    }
+    meta_optimizer = torch.optim.Adam(theta.values(), lr=1e-2)
+
+    def meta_step(loss):
+        meta_optimizer.zero_grad()
+        loss.backward()
+        meta_optimizer.step()
+
+    generator = torch.Generator().manual_seed(0)
+    history = []
+    for _ in range(40):
+        history += imitation_trajectory(
+            architecture,
+            theta,
+            config,
+            task,
+            generator,
+            teacher="sgd",
+            teacher_lr=0.01,
+            horizon=10,
+            unroll=5,
+            inner_lr=1.0,
+            meta_step=meta_step,
+        )
+    assert sum(history[-10:]) / 10 < 0.8 * sum(history[:10]) / 10
+
+
+def test_rescaled_task_is_the_same_problem():
+    task = RescaledTask(QuadraticTask(), log_range=2.0)
+    params = task.init(torch.Generator().manual_seed(0))
+    plain = QuadraticTask().init(torch.Generator().manual_seed(0))
+    plain["theta"] = torch.randn(10)
+    params["theta"] = plain["theta"] / params["rescale.theta"]
+    assert params["rescale.theta"] != 1.0
+    torch.testing.assert_close(task.loss(params, None), QuadraticTask().loss(plain, None))
+
+
+def test_image_tasks_have_disjoint_halves_and_fixed_shapes():
+    from learned_optim.meta.tasks.images import image_splits
+
+    splits = image_splits("MNIST")
+    assert len(splits["train"][0]) == len(splits["valid"][0]) == 30000 and len(splits["test"][0]) == 10000
+    train_rows = {hash(row.numpy().tobytes()) for row in splits["train"][0][:2000]}
+    valid_rows = {hash(row.numpy().tobytes()) for row in splits["valid"][0][:2000]}
+    assert len(train_rows & valid_rows) < 5  # MNIST has a few duplicate images, not whole halves
+    task = get_task("mnist-cnn-bn")
+    params = task.init(torch.Generator().manual_seed(0))
+    assert "1.running_mean" in params and "1.running_mean" not in task.parameter_names
+    loss = task.loss(params, task.sample(torch.Generator().manual_seed(0), "valid"))
+    assert loss.shape == () and 1.5 < loss.item() < 3.5
+    again = get_task("mnist-cnn-bn").init(torch.Generator().manual_seed(0))
+    assert all(torch.equal(params[k], again[k]) for k in params)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"horizons": [30], "unroll": 20}, "multiple of unroll"),
+        ({"imitation_epochs": 1}, "imitation_teacher"),
+        ({"weighting": "max"}, "weighting"),
+        ({"horizon": 100}, "unknown keys"),
+    ],
+)
+def test_bad_configs_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainConfig.from_dict(change)
+
+
+QUADRATIC_RUN = {
+    "architecture": "lstm",
+    "task": "quadratic",
+    "horizons": [10, 20],
+    "unroll": 5,
+    "meta_epochs": 40,
+    "trajectories_per_epoch": 3,
+    "validation_trajectories": 2,
+    "patience": 1,
+    "meta_lr": 0.003,
+    "imitation_teacher": "momentum",
+    "imitation_lr": 0.05,
+    "imitation_epochs": 1,
+    "rescale": 0.5,
+    "seed": 4,
+}
+
+
+def _progress(run_dir):
+    try:
+        with safetensors.safe_open(run_dir / CHECKPOINT_NAME, framework="pt") as handle:
+            return json.loads(handle.metadata()["progress"])
+    except (OSError, KeyError, safetensors.SafetensorError):
+        return None
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
+    config_path = tmp_path / "quadratic.json"
+    config_path.write_text(json.dumps(QUADRATIC_RUN))
+    torch.set_num_threads(1)
+    reference = MetaTrainer(MetaTrainConfig.from_file(config_path), tmp_path / "reference").run(progress_bar=False)
+
+    run_dir = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "learned_optim",
+        "meta-train",
+        str(config_path),
+        "--run-dir",
+        str(run_dir),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = _progress(run_dir)
+        if progress and progress["epoch"] >= 3 and progress["trajectory"] >= 1:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _progress(run_dir)
+    assert killed_at is not None and killed_at["epoch"] < QUADRATIC_RUN["meta_epochs"] + 1, "killed too late"
+
+    resumed = MetaTrainer(MetaTrainConfig.from_file(config_path), run_dir).run(resume=True, progress_bar=False)
+    assert resumed.progress.history == [
+        {**row, "minutes": resumed.progress.history[i]["minutes"]} for i, row in enumerate(reference.progress.history)
+    ]
+    assert all_equal(list(resumed.theta.values()), list(reference.theta.values()))
+    assert all_equal(list(resumed.best_theta.values()), list(reference.best_theta.values()))
+    assert {row["horizon"] for row in reference.progress.history} == {10, 20}  # the curriculum moved on
+    assert (run_dir / "training.png").stat().st_size > 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == QUADRATIC_RUN["meta_epochs"] + 1
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    config = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "meta_epochs": 1, "imitation_epochs": 0})
+    MetaTrainer(config, tmp_path).run(progress_bar=False)
+    other = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "meta_epochs": 2, "imitation_epochs": 0})
+    with pytest.raises(ValueError, match="another config"):
+        MetaTrainer(other, tmp_path).run(resume=True, progress_bar=False)
+
+
+def test_meta_train_cli_writes_loadable_weights(tmp_path):
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps({**QUADRATIC_RUN, "meta_epochs": 2, "description": "tiny run"}))
+    out = tmp_path / "weights" / "tiny-lstm"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learned_optim",
+            "meta-train",
+            str(config_path),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    pretrained = lo.from_pretrained(out)
+    assert pretrained.architecture == "lstm" and pretrained.description == "tiny run"
+    assert pretrained.recipe["config"]["task"] == "quadratic" and pretrained.recipe["seed"] == 4
+    assert "learned-optim meta-train" in pretrained.recipe["command"]
+    assert "meta_validation" in pretrained.metrics
+    assert (out / "training.png").exists() and "## Recipe" in (out / "README.md").read_text()
