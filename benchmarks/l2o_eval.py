@@ -1,0 +1,195 @@
+"""The learned-optimizer evaluation protocol: learned optimizers against tuned baselines.
+
+    python -m benchmarks.l2o_eval --weights lstm-mnist rnnprop-mnist --task mnist-mlp --steps 2000
+
+Protocol (Andrychowicz et al. 2016; Lv et al. 2017):
+
+* the optimizee trains on the ``valid`` half of the training split (never seen in meta-training),
+  from fresh initialisation seeds 1000, 1001, …;
+* baselines Adam, RMSprop and SGD with momentum 0.9 each run every learning rate of the grid
+  {1, 0.3, 0.1, …, 1e-4}; each keeps the rate with the lowest mean training loss over all steps
+  and seeds (a diverged run counts as infinite);
+* learned optimizers run at lr = 1, the step they were trained with;
+* the reported training loss at step t is the cross-entropy of the optimizee on a fixed sample
+  of 4096 examples of the data it trains on, mean ± std over seeds.
+
+All seeds train at once: parameters are stacked along a seed dimension and losses are computed
+per seed with ``torch.func.vmap``. Every optimizer here is elementwise or coordinatewise, so
+``opt.step()`` on the stacked tensors is exactly one independent run per seed, through the same
+optimizer classes a user calls. Finished (optimizer, lr) cells are cached in the output JSON, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+import learned_optim as lo
+from learned_optim.meta.tasks import get_task
+from learned_optim.meta.tasks.images import image_splits
+
+LR_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
+BASELINES = ("adam", "rmsprop", "sgd-momentum")
+DATASETS = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+EVAL_EXAMPLES = 4096
+FIRST_SEED = 1000
+
+
+def make_optimizer(name: str, lr: float, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return lo.load(name, params, lr=lr)
+
+
+def dataset_of(task_name: str) -> str:
+    return DATASETS[task_name.split("-")[0]]
+
+
+def run_cell(task_name: str, optimizer: str, lr: float, seeds: int, steps: int, report: list[int]) -> dict[str, Any]:
+    """Train ``seeds`` instances of the task for ``steps`` steps; losses at every step and at ``report``."""
+    task = get_task(task_name)
+    modules = [task.make_module(torch.Generator().manual_seed(FIRST_SEED + s)) for s in range(seeds)]
+    stacked_params, stacked_buffers = stack_module_state(modules)
+    params = [torch.nn.Parameter(p.detach()) for p in stacked_params.values()]
+    names = list(stacked_params)
+    template = task.template
+    images, labels = image_splits(dataset_of(task_name))["valid"]
+    flatten = task_name.split("-")[1] == "mlp"
+    eval_index = torch.randperm(len(images), generator=torch.Generator().manual_seed(7))[:EVAL_EXAMPLES]
+    eval_x, eval_y = images[eval_index], labels[eval_index]
+    if flatten:
+        eval_x = eval_x.flatten(1)
+    # One batch stream per seed: seed k's run does not depend on how many seeds run beside it.
+    batch_generators = [torch.Generator().manual_seed(FIRST_SEED + s) for s in range(seeds)]
+
+    def one_loss(param_values, buffers, x, y):
+        call_params = dict(zip(names, param_values, strict=True))
+        out = functional_call(template, {**call_params, **buffers}, (x,))
+        return torch.nn.functional.cross_entropy(out, y)
+
+    per_seed_loss = vmap(one_loss, in_dims=(0, 0, 0, 0))
+    eval_loss = vmap(one_loss, in_dims=(0, 0, None, None))
+    optimizer_instance = make_optimizer(optimizer, lr, params)
+    train_losses, reported = [], {}
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        index = torch.stack([torch.randint(0, len(images), (128,), generator=g) for g in batch_generators])
+        x, y = images[index], labels[index]
+        if flatten:
+            x = x.flatten(2)
+        buffers = {k: v.clone() for k, v in stacked_buffers.items()}
+        losses = per_seed_loss(params, buffers, x, y)
+        optimizer_instance.zero_grad()
+        losses.sum().backward()
+        optimizer_instance.step()
+        train_losses.append(losses.detach())
+        if step in report:
+            with torch.no_grad():
+                # Evaluate with batch statistics, as training does (no running-stat mode switch).
+                buffers = {k: v.clone() for k, v in stacked_buffers.items()}
+                values = eval_loss(params, buffers, eval_x, eval_y)
+            reported[str(step)] = [float(v) for v in values]
+        if not all(torch.isfinite(p).all() for p in params):
+            break  # diverged: the remaining steps count as infinite loss
+    curve = torch.stack(train_losses)  # (steps run, seeds)
+    mean_curve = curve.mean(1).tolist() + [math.inf] * (steps - len(train_losses))
+    return {
+        "optimizer": optimizer,
+        "lr": lr,
+        "seeds": seeds,
+        "steps": steps,
+        "seconds": time.perf_counter() - started,
+        "mean_train_loss": float(sum(mean_curve) / steps) if all(map(math.isfinite, mean_curve)) else math.inf,
+        "train_loss_curve": [round(v, 5) for v in mean_curve],
+        "eval_loss": reported,
+    }
+
+
+def summarize(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values) or not finite:
+        return f"diverged ({len(values) - len(finite)}/{len(values)})"
+    mean = sum(finite) / len(finite)
+    std = (sum((v - mean) ** 2 for v in finite) / max(1, len(finite) - 1)) ** 0.5
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="mnist-mlp")
+    parser.add_argument("--weights", nargs="*", default=[], help="learned optimizers (names, dirs or Hub ids)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
+    parser.add_argument("--lr-grid", nargs="*", type=float, default=list(LR_GRID))
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--report", nargs="*", type=int, default=[100, 1000, 2000])
+    parser.add_argument("--out", type=Path, help="results JSON (cache; default benchmarks/results/l2o-<task>.json)")
+    args = parser.parse_args()
+    report = [r for r in args.report if r <= args.steps]
+    out = args.out or Path("benchmarks/results") / f"l2o-{args.task}.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    cells = results.setdefault("cells", {})
+    plan = [(b, lr) for b in args.baselines for lr in args.lr_grid] + [(w, 1.0) for w in args.weights]
+    for optimizer, lr in tqdm(plan, desc=f"{args.task}: optimizer × lr", unit="cell"):
+        key = f"{optimizer}@{lr:g}/seeds={args.seeds}/steps={args.steps}"
+        if key in cells:
+            continue
+        cells[key] = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
+        results["meta"] = {
+            "task": args.task,
+            "commit": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.platform(),
+            "protocol": __doc__.split("Protocol")[1].split("All seeds")[0].strip(),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results, args, report))
+
+
+def best_cells(results: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    chosen = {}
+    suffix = f"/seeds={args.seeds}/steps={args.steps}"
+    for name in [*args.baselines, *args.weights]:
+        candidates = [c for k, c in results["cells"].items() if k.startswith(f"{name}@") and k.endswith(suffix)]
+        if candidates:
+            chosen[name] = min(candidates, key=lambda c: c["mean_train_loss"])
+    return chosen
+
+
+def table(results: dict[str, Any], args: argparse.Namespace, report: list[int]) -> str:
+    chosen = best_cells(results, args)
+    header = "| optimizer | lr | " + " | ".join(f"loss @ {r}" for r in report) + " | s/run |"
+    lines = [
+        f"{args.task}: training loss on {EVAL_EXAMPLES} examples of the optimizee's data, "
+        f"mean ± std over {args.seeds} seeds",
+        "",
+        header,
+        "|---|---:|" + "---:|" * len(report) + "---:|",
+    ]
+    for name, cell in chosen.items():
+        values = " | ".join(summarize(cell["eval_loss"].get(str(r), [math.inf])) for r in report)
+        lines.append(f"| {name} | {cell['lr']:g} | {values} | {cell['seconds'] / args.seeds:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
