@@ -53,4 +53,4 @@ def test_overhead_script_prints_a_table_and_json(tmp_path):
     assert "| rnnprop | 1,048,576 |" in result.stdout
     rows = json.loads(out.read_text())["rows"]
     assert {r["optimizer"] for r in rows} == {"adam", "rnnprop"}
-    assert rows[1]["state_words_per_parameter"] == 82.0
+    assert rows[1]["state_words_per_parameter"] == pytest.approx(82.0, abs=0.01)  # + one step counter
