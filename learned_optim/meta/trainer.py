@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
-from learned_optim.meta.imitation import imitation_trajectory
+from learned_optim.meta import imitation
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
@@ -144,7 +144,7 @@ class MetaTrainer:
         torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
         self.meta_optimizer.step()
 
-    def _meta_trajectory(self, horizon: int) -> float:
+    def meta_trajectory(self, horizon: int) -> float:
         config = self.config
         inner = start(self.architecture, self.optimizer_config, self.task, self.generator)
         total = 0.0
@@ -165,8 +165,8 @@ class MetaTrainer:
             total += float(losses.detach().mean())
         return total / (horizon // config.unroll)
 
-    def _imitation_trajectory(self, horizon: int) -> float:
-        losses = imitation_trajectory(
+    def imitation_trajectory(self, horizon: int) -> float:
+        losses = imitation.imitation_trajectory(
             self.architecture,
             self.theta,
             self.optimizer_config,
@@ -227,7 +227,7 @@ class MetaTrainer:
             horizon = config.horizons[progress.horizon_index]
             while progress.trajectory < config.trajectories_per_epoch:
                 started = time.perf_counter()
-                run_one = self._imitation_trajectory if imitating else self._meta_trajectory
+                run_one = self.imitation_trajectory if imitating else self.meta_trajectory
                 progress.epoch_losses.append(run_one(horizon))
                 progress.trajectory += 1
                 progress.seconds += time.perf_counter() - started

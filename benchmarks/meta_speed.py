@@ -1,0 +1,66 @@
+"""Meta-training speed: seconds per meta-step against the unroll length K, and one meta-epoch.
+
+    python -m benchmarks.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
+    python -m benchmarks.meta_speed --no-epoch      # only the K sweep
+
+A meta-step is one unroll of K inner steps of the LSTM optimizer on ``mnist-mlp`` followed by
+one backward pass and one outer Adam step. With truncated BPTT done in one backward pass per
+unroll the cost grows linearly in K (the column "per inner step" stays flat). The classic
+meta-epoch of Andrychowicz et al. is 20 trajectories × 100 steps with K = 20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+
+from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+
+
+def seconds_per_meta_step(architecture: str, unroll: int, repeats: int) -> float:
+    trainer = MetaTrainer(MetaTrainConfig(architecture=architecture, horizons=[unroll], unroll=unroll), "/tmp")
+    trainer.meta_trajectory(unroll)  # warm-up: data loading, allocator
+    started = time.perf_counter()
+    for _ in range(repeats):
+        trainer.meta_trajectory(unroll)
+    return (time.perf_counter() - started) / repeats
+
+
+def seconds_per_meta_epoch(architecture: str) -> float:
+    config = MetaTrainConfig(architecture=architecture, horizons=[100], unroll=20, trajectories_per_epoch=20)
+    trainer = MetaTrainer(config, "/tmp")
+    trainer.meta_trajectory(20)
+    started = time.perf_counter()
+    for _ in range(config.trajectories_per_epoch):
+        trainer.meta_trajectory(100)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", default="lstm")
+    parser.add_argument("--unrolls", nargs="*", type=int, default=[5, 10, 20, 40])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-epoch", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    machine = platform.processor() or platform.machine()
+    print(f"{args.architecture} on mnist-mlp, {torch.get_num_threads()} threads, {machine}")
+    print("| K | s / meta-step | ms / inner step |\n|---:|---:|---:|")
+    for unroll in args.unrolls:
+        seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats)
+        rows.append({"unroll": unroll, "seconds_per_meta_step": seconds})
+        print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
+    if not args.no_epoch:
+        epoch = seconds_per_meta_epoch(args.architecture)
+        print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {epoch:.1f} s")
+        rows.append({"meta_epoch_seconds": epoch})
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
