@@ -139,6 +139,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--report", nargs="*", type=int, default=[100, 1000, 2000])
     parser.add_argument("--out", type=Path, help="results JSON (cache; default benchmarks/results/l2o-<task>.json)")
+    parser.add_argument(
+        "--update-cards", action="store_true", help="write the results into the model cards of local --weights"
+    )
     args = parser.parse_args()
     report = [r for r in args.report if r <= args.steps]
     out = args.out or Path("benchmarks/results") / f"l2o-{args.task}.json"
@@ -162,7 +165,53 @@ def main() -> None:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results, args, report))
+    text = table(results, args, report)
+    print(text)
+    if args.update_cards:
+        for name in args.weights:
+            update_card(name, results, args, report, text)
+
+
+def update_card(name: str, results: dict[str, Any], args: argparse.Namespace, report: list[int], text: str) -> None:
+    """Record this task's figures in ``config.json`` metrics and the model card's Evaluation section."""
+    directory = lo.hub.resolve(name)
+    chosen = best_cells(results, args)
+    document = json.loads((directory / "config.json").read_text())
+
+    def figures(cell: dict[str, Any]) -> dict[str, Any]:
+        return {"lr": cell["lr"], **{f"loss@{r}": summarize(cell["eval_loss"].get(str(r), [math.inf])) for r in report}}
+
+    document.setdefault("metrics", {})[args.task] = {
+        "protocol": f"{args.seeds} seeds, held-out half, baselines tuned over {list(args.lr_grid)}",
+        "command": command_line(args),
+        "commit": results["meta"]["commit"],
+        "machine": results["meta"]["machine"],
+        "results": {optimizer: figures(cell) for optimizer, cell in chosen.items()},
+    }
+    (directory / "config.json").write_text(json.dumps(document, indent=2) + "\n")
+    card = (directory / "README.md").read_text()
+    section = (
+        f"### {args.task}\n\n{text}\n\nCommand: `{command_line(args)}` at commit {results['meta']['commit']} "
+        f"({results['meta']['machine']}, {results['meta']['threads']} threads).\n"
+    )
+    head, marker, tail = card.partition("## Evaluation\n")
+    if not marker:
+        card = card + "\n## Evaluation\n\n" + section
+    else:
+        body, next_heading, rest = tail.partition("\n## ")
+        blocks = [b for b in body.split("\n### ") if b.strip() and not b.lstrip().startswith("Not evaluated")]
+        blocks = [b if b.startswith("### ") else "### " + b for b in blocks]
+        blocks = [b for b in blocks if not b.startswith(f"### {args.task}\n")] + [section]
+        card = head + marker + "\n" + "\n".join(b.strip() + "\n" for b in blocks) + next_heading + rest
+    (directory / "README.md").write_text(card)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    weights = " ".join(args.weights)
+    return (
+        f"python -m benchmarks.l2o_eval --task {args.task} --steps {args.steps} --seeds {args.seeds} "
+        f"--weights {weights}"
+    )
 
 
 def best_cells(results: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
