@@ -53,6 +53,15 @@ def _meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from learned_optim.diagnostics.report import diagnose, write_report
+
+    report = diagnose(args.task, args.optimizers.split(","), args.steps, args.every, args.seed)
+    for path in write_report(report, args.out or Path("reports") / "diagnostics" / args.task):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learned-optim", description="Pretrained learned optimizers for PyTorch.")
     parser.add_argument("--version", action="version", version=f"learned_optim {learned_optim.__version__}")
@@ -77,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--threads", type=int, help="torch CPU threads (results depend on it; the recipe records it)")
     meta.add_argument("--no-progress", action="store_true", help="no progress bar")
     meta.set_defaults(handler=_meta_train)
+
+    diagnose = commands.add_parser("diagnose", help="symmetry (conservation-law) report for several optimizers")
+    diagnose.add_argument("--task", default="mnist-mlp-relu", help="task name, e.g. mnist-mlp-relu, mnist-cnn-bn")
+    diagnose.add_argument(
+        "--optimizers",
+        default="sgd,sgd-wd,adam",
+        help="comma-separated: sgd, sgd-wd, adam, lstm, rnnprop, weights names; name@lr",
+    )
+    diagnose.add_argument("--steps", type=int, default=300)
+    diagnose.add_argument("--every", type=int, default=10, help="record every N-th step")
+    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("--out", help="report folder (default: reports/diagnostics/<task>)")
+    diagnose.set_defaults(handler=_diagnose)
     return parser
 
 

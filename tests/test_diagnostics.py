@@ -120,3 +120,18 @@ def test_monitor_skips_unrecorded_steps_and_conserved_quantities_are_per_unit():
     assert [r["step"] for r in monitor.records] == [1]
     rescale = find_symmetries(model)[0]
     assert conserved(rescale, dict(model.named_parameters())).shape == (16,)
+
+
+def test_diagnose_report_end_to_end(tmp_path):
+    from learned_optim.diagnostics.report import diagnose, write_report
+
+    report = diagnose("mnist-mlp-relu", ["sgd", "sgd-wd", "adam"], steps=6, every=3)
+    paths = write_report(report, tmp_path)
+    assert [p.name for p in paths] == ["diagnostics.json", "deviations.png", "conserved.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    runs = report["runs"]
+    assert [r["step"] for r in runs["adam"]["records"]] == [0, 3]
+    sgd = runs["sgd"]["records"][-1]["structures"]
+    adam = runs["adam"]["records"][-1]["structures"]
+    for name, entry in sgd.items():
+        assert adam[name]["update"]["abs_sum"] > 100 * entry["update"]["abs_sum"], name
