@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import learned_optim as lo
-from learned_optim.diagnostics import SymmetryMonitor, conserved, deviations, find_symmetries
+from learned_optim.diagnostics import SymmetryMonitor, conserved, find_symmetries, relative_deviations, symmetry_penalty
 from learned_optim.meta.tasks.images import cnn_bn, mlp
 
 
@@ -15,21 +15,7 @@ def _data(shape, seed=0):
 
 
 def _relative(structure, field, params):
-    """Deviation per unit over the size of the terms it sums (so 0 means exact cancellation)."""
-    dev = deviations(structure, field, params)
-    bound = _term_bound(structure, field, params)
-    return (dev.abs() / bound.clamp_min(1e-12)).max()
-
-
-def _term_bound(structure, field, params):
-    abs_field = {k: v.abs() for k, v in field.items()}
-    abs_params = {k: v.abs() for k, v in params.items()}
-    if structure.kind == "translation":
-        return deviations(structure, abs_field, abs_params)
-    if structure.kind == "scale":
-        return deviations(structure, abs_field, abs_params)
-    negated = {k: (-v if k == structure.outgoing else v) for k, v in abs_field.items()}
-    return deviations(structure, negated, abs_params)  # |in terms| + |out terms|
+    return relative_deviations(structure, field, params).max()
 
 
 def _gradients(model, inputs, labels):
@@ -135,3 +121,13 @@ def test_diagnose_report_end_to_end(tmp_path):
     adam = runs["adam"]["records"][-1]["structures"]
     for name, entry in sgd.items():
         assert adam[name]["update"]["abs_sum"] > 100 * entry["update"]["abs_sum"], name
+
+
+def test_symmetry_penalty_is_zero_for_gradients_and_positive_for_adam_like_updates():
+    torch.manual_seed(0)
+    model = mlp((12, 16, 10), nn.ReLU).double()
+    params, grads = _gradients(model, _data((12,))[0].double(), _data((12,))[1])
+    structures = find_symmetries(model)
+    assert symmetry_penalty(structures, params, grads) < 1e-20
+    signs = {k: v.sign() for k, v in grads.items()}  # sign descent: Adam's first step
+    assert symmetry_penalty(structures, params, signs) > 1e-3

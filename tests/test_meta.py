@@ -237,3 +237,21 @@ def test_meta_train_cli_writes_loadable_weights(tmp_path):
     assert "learned-optim meta-train" in pretrained.recipe["command"]
     assert "meta_validation" in pretrained.metrics
     assert (out / "training.png").exists() and "## Recipe" in (out / "README.md").read_text()
+
+
+def test_symmetry_regulariser_enters_the_meta_loss():
+    base = {
+        "architecture": "rnnprop",
+        "task": "mnist-mlp-relu",
+        "horizons": [4],
+        "unroll": 2,
+        "meta_epochs": 1,
+        "trajectories_per_epoch": 1,
+        "validation_trajectories": 1,
+        "seed": 0,
+    }
+    plain = MetaTrainer(MetaTrainConfig.from_dict(base), "/tmp/unused-a")
+    regularised = MetaTrainer(MetaTrainConfig.from_dict({**base, "symmetry_weight": 10.0}), "/tmp/unused-b")
+    assert regularised.meta_trajectory(4) > plain.meta_trajectory(4)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        MetaTrainConfig.from_dict({**base, "symmetry_weight": 1.0, "rescale": 1.0})

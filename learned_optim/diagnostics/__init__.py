@@ -6,7 +6,18 @@ from learned_optim.diagnostics.symmetry import (
     conserved,
     deviations,
     find_symmetries,
+    relative_deviations,
+    symmetry_penalty,
     theory_sgd_weight_decay,
 )
 
-__all__ = ["Structure", "SymmetryMonitor", "conserved", "deviations", "find_symmetries", "theory_sgd_weight_decay"]
+__all__ = [
+    "Structure",
+    "SymmetryMonitor",
+    "conserved",
+    "deviations",
+    "find_symmetries",
+    "relative_deviations",
+    "symmetry_penalty",
+    "theory_sgd_weight_decay",
+]

@@ -119,6 +119,23 @@ def deviations(structure: Structure, field: dict[str, Tensor], params: dict[str,
     return value - (_outgoing_columns(field[out_name], units) * _outgoing_columns(params[out_name], units)).sum(1)
 
 
+def relative_deviations(structure: Structure, field: dict[str, Tensor], params: dict[str, Tensor]) -> Tensor:
+    """Per-unit deviation divided by the sum of the magnitudes of its terms: 0 is exact, 1 is no
+    cancellation at all. Scale-free, so comparable across layers, optimizers and training time."""
+    magnitudes = {k: v.abs() for k, v in field.items()}
+    if structure.kind == "rescale":  # the outgoing term enters with a minus sign: count it positively
+        magnitudes[structure.outgoing] = -magnitudes[structure.outgoing]
+    bound = deviations(structure, magnitudes, {k: v.abs() for k, v in params.items()})
+    return deviations(structure, field, params).abs() / bound.clamp_min(1e-30)
+
+
+def symmetry_penalty(structures: list[Structure], params: dict[str, Tensor], update: dict[str, Tensor]) -> Tensor:
+    """Mean squared relative deviation of an update over all units of all structures: a
+    differentiable regulariser that asks a learned optimizer to respect the symmetries."""
+    terms = [relative_deviations(s, update, params).pow(2).mean() for s in structures]
+    return torch.stack(terms).mean() if terms else torch.zeros(())
+
+
 def conserved(structure: Structure, params: dict[str, Tensor]) -> Tensor:
     """Per-unit quantity conserved under gradient flow (see the module docstring)."""
     weight_name, bias_name = structure.incoming

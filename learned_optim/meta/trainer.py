@@ -7,7 +7,9 @@ the ``valid`` split; the best weights are kept. With several ``horizons`` (a cur
 moves to the next horizon when validation has not improved for ``patience`` epochs.
 
 Optionally, ``imitation_epochs`` first train the network to reproduce a teacher (SGD, momentum,
-Adam), and ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017).
+Adam), ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017), and
+``symmetry_weight`` adds a penalty on the updates' breaking of the task network's symmetries
+(``learned_optim.diagnostics``) to every meta-loss term.
 
 Everything needed to continue is checkpointed atomically after every trajectory (φ, the outer
 Adam, the random generator, the curriculum position): a run killed at any moment resumes with
@@ -65,6 +67,7 @@ class MetaTrainConfig:
     validation_horizon: int = 0
     patience: int = 3
     rescale: float = 0.0
+    symmetry_weight: float = 0.0
     imitation_teacher: str = ""
     imitation_lr: float = 0.01
     imitation_epochs: int = 0
@@ -82,6 +85,8 @@ class MetaTrainConfig:
             raise ValueError(f"{source}: every horizon must be a multiple of unroll={config.unroll}")
         if config.imitation_epochs and config.imitation_teacher not in TEACHERS:
             raise ValueError(f"{source}: imitation_epochs needs imitation_teacher, one of {TEACHERS}")
+        if config.symmetry_weight and config.rescale:
+            raise ValueError(f"{source}: symmetry_weight and rescale cannot be combined")
         if config.weighting not in ("sum", "mean", "log_sum"):
             raise ValueError(f"{source}: weighting must be sum, mean or log_sum")
         return config
@@ -126,6 +131,15 @@ class MetaTrainer:
         task = get_task(config.task, data_root)
         self.task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
         self.validation_task = task
+        self.regularizer = None
+        if config.symmetry_weight:
+            from functools import partial
+
+            from learned_optim.diagnostics.symmetry import find_symmetries, symmetry_penalty
+
+            structures = find_symmetries(task.template)
+            penalty = partial(symmetry_penalty, structures)
+            self.regularizer = lambda params, update: config.symmetry_weight * penalty(params, update)
         initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
         self.theta = {k: v.requires_grad_() for k, v in initial.items()}
         self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
@@ -159,6 +173,7 @@ class MetaTrainer:
                 config.unroll,
                 lr=config.inner_lr,
                 second_order=config.second_order,
+                regularizer=self.regularizer,
             )
             self._meta_step(meta_loss(losses, config.weighting))
             inner = inner.detached()

@@ -21,6 +21,7 @@ network runs once per inner step whatever the number of tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +56,18 @@ def start(architecture: Any, config: Any, task: Any, generator: torch.Generator)
     return InnerState(params, architecture.init_state(flat_parameters(task, params), config), 0)
 
 
+def split_direction(task: Any, params: dict[str, Tensor], direction: Tensor) -> dict[str, Tensor]:
+    """The flat direction as one tensor per optimized parameter, shaped like it."""
+    names = task.parameter_names
+    pieces = direction.split([params[name].numel() for name in names])
+    return {name: piece.view_as(params[name]) for name, piece in zip(names, pieces, strict=True)}
+
+
 def apply_direction(task: Any, params: dict[str, Tensor], direction: Tensor, lr: float) -> dict[str, Tensor]:
     """``θ − lr · d`` for the optimized entries of ``params``; buffers pass through."""
     updated = dict(params)
-    names = task.parameter_names
-    pieces = direction.split([params[name].numel() for name in names])
-    for name, piece in zip(names, pieces, strict=True):
-        updated[name] = params[name] - lr * piece.view_as(params[name])
+    for name, piece in split_direction(task, params, direction).items():
+        updated[name] = params[name] - lr * piece
     return updated
 
 
@@ -77,11 +83,13 @@ def unroll(
     lr: float = 1.0,
     split: str = "train",
     second_order: bool = False,
+    regularizer: Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor] | None = None,
 ) -> tuple[Tensor, InnerState]:
     """Run ``num_steps`` inner steps; returns the losses ℓ_1 … ℓ_K (a tensor of K) and the new state.
 
     The losses carry the graph back to ``theta``; the returned state does too, so detach it
-    (``InnerState.detached``) before the next unroll for truncated BPTT.
+    (``InnerState.detached``) before the next unroll for truncated BPTT. ``regularizer(θ_k, d_k)``,
+    where given, is added to each step's term (e.g. a symmetry penalty on the update).
     """
     names = task.parameter_names
     params = dict(inner.params)
@@ -96,9 +104,10 @@ def unroll(
         flat_grad = torch.cat([g.reshape(-1) for g in grads])
         step = torch.tensor(float(inner.step + k + 1))
         direction, opt_state = architecture.update(theta, flat_grad, opt_state, step, config)
+        penalty = regularizer(params, split_direction(task, params, direction)) if regularizer else 0.0
         params = apply_direction(task, params, direction, lr)
         loss = task.loss(params, task.sample(generator, split))
-        losses.append(loss)
+        losses.append(loss + penalty)
     return torch.stack(losses), InnerState(params, opt_state, inner.step + num_steps)
 
 
