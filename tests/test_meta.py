@@ -151,6 +151,20 @@ QUADRATIC_RUN = {
 }
 
 
+def meta_train_command(config_path, run_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "learned_optim",
+        "meta-train",
+        str(config_path),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        *extra,
+    ]
+
+
 def _progress(run_dir):
     try:
         with safetensors.safe_open(run_dir / CHECKPOINT_NAME, framework="pt") as handle:
@@ -167,18 +181,7 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     reference = MetaTrainer(MetaTrainConfig.from_file(config_path), tmp_path / "reference").run(progress_bar=False)
 
     run_dir = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "learned_optim",
-        "meta-train",
-        str(config_path),
-        "--run-dir",
-        str(run_dir),
-        "--threads",
-        "1",
-        "--no-progress",
-    ]
+    command = meta_train_command(config_path, run_dir, "--threads", "1")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -215,18 +218,7 @@ def test_meta_train_cli_writes_loadable_weights(tmp_path):
     config_path.write_text(json.dumps({**QUADRATIC_RUN, "meta_epochs": 2, "description": "tiny run"}))
     out = tmp_path / "weights" / "tiny-lstm"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "learned_optim",
-            "meta-train",
-            str(config_path),
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
+        meta_train_command(config_path, tmp_path / "run", "--out", str(out)),
         capture_output=True,
         text=True,
     )
