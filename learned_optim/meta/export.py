@@ -31,7 +31,7 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "commit": git_commit(),
+        "commit": result.progress.started_at_commit or git_commit(),
         "meta_training_minutes": round(result.progress.seconds / 60, 1),
     }
 

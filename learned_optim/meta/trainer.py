@@ -109,6 +109,7 @@ class Progress:
     skipped_steps: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    started_at_commit: str = ""
 
 
 @dataclass
@@ -229,6 +230,10 @@ class MetaTrainer:
         if resume and (self.run_dir / CHECKPOINT_NAME).exists():
             self.load_checkpoint(self.run_dir / CHECKPOINT_NAME)
             progress = self.progress
+        else:
+            from learned_optim.meta.export import git_commit
+
+            progress.started_at_commit = git_commit()
         total_epochs = config.imitation_epochs + config.meta_epochs
         bar = tqdm(
             total=total_epochs * config.trajectories_per_epoch,
@@ -319,8 +324,9 @@ class MetaTrainer:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         if metadata.get("format") != _CHECKPOINT_FORMAT:
             raise WeightsError(f"{path}: not a learned_optim meta-training checkpoint")
-        saved_config = json.loads(metadata["config"])
-        if saved_config != dataclasses.asdict(self.config):
+        # Compare with defaults filled in, so a checkpoint made before a field existed still matches.
+        saved_config = MetaTrainConfig.from_dict(json.loads(metadata["config"]), str(path))
+        if saved_config != self.config:
             raise ValueError(f"{path}: the checkpoint was made with another config; use a new run directory")
         with torch.no_grad():
             for key, value in self.theta.items():
