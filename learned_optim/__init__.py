@@ -15,12 +15,22 @@ from learned_optim.hub import (
     push_to_hub,
     save_pretrained,
 )
-from learned_optim.optimizers import ARCHITECTURES, LSTMConfig, LSTMOptimizer, RNNprop, RNNpropConfig
+from learned_optim.optimizers import (
+    ARCHITECTURES,
+    Hamiltonian,
+    HamiltonianConfig,
+    LSTMConfig,
+    LSTMOptimizer,
+    RNNprop,
+    RNNpropConfig,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
+    "Hamiltonian",
+    "HamiltonianConfig",
     "LSTMConfig",
     "LSTMOptimizer",
     "LearnedOptimizer",

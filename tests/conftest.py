@@ -15,7 +15,7 @@ os.environ.setdefault("LEARNED_OPTIM_DATA", str(REPO / "data"))
 if SHARED_DATA.is_dir():
     os.environ.setdefault("LEARNED_OPTIM_DATA_MIRROR", str(SHARED_DATA))
 
-OPTIMIZERS = [lo.LSTMOptimizer, lo.RNNprop]
+OPTIMIZERS = [lo.LSTMOptimizer, lo.RNNprop, lo.Hamiltonian]
 
 
 @pytest.fixture(params=OPTIMIZERS, ids=lambda cls: cls.__name__)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from learned_optim.base import LearnedOptimizer
 from learned_optim.errors import UnknownArchitectureError
+from learned_optim.optimizers.hamiltonian import Hamiltonian, HamiltonianConfig
 from learned_optim.optimizers.lstm import LSTMConfig, LSTMOptimizer
 from learned_optim.optimizers.rnnprop import RNNprop, RNNpropConfig
 
-ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {cls.architecture: cls for cls in (LSTMOptimizer, RNNprop)}
+ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {
+    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian)
+}
 
 
 def get_architecture(name: str, source: str = "config") -> type[LearnedOptimizer]:
@@ -21,4 +24,13 @@ def get_architecture(name: str, source: str = "config") -> type[LearnedOptimizer
         ) from None
 
 
-__all__ = ["ARCHITECTURES", "LSTMConfig", "LSTMOptimizer", "RNNprop", "RNNpropConfig", "get_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "Hamiltonian",
+    "HamiltonianConfig",
+    "LSTMConfig",
+    "LSTMOptimizer",
+    "RNNprop",
+    "RNNpropConfig",
+    "get_architecture",
+]
