@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-OPTIMIZERS = ("adam", "adam-foreach", "rnnprop", "lstm")
+OPTIMIZERS = ("adam", "adam-foreach", "rnnprop", "lstm", "hamiltonian")
 
 
 def build_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -36,10 +36,8 @@ def build_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.
         return torch.optim.Adam(params, lr=1e-3)
     if name == "adam-foreach":
         return torch.optim.Adam(params, lr=1e-3, foreach=True)
-    if name == "rnnprop":
-        return lo.RNNprop(params)
-    if name == "lstm":
-        return lo.LSTMOptimizer(params)
+    if name in lo.ARCHITECTURES:  # a fresh network: cost does not depend on the weights
+        return lo.ARCHITECTURES[name](params)
     return lo.load(name, params)
 
 
