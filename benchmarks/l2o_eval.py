@@ -121,6 +121,15 @@ def run_cell(task_name: str, optimizer: str, lr: float, seeds: int, steps: int, 
     }
 
 
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """The cache as JSON with one line per cell, so diffs stay readable."""
+    cells = ",\n".join(f"  {json.dumps(key)}: {json.dumps(cell)}" for key, cell in results["cells"].items())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    temporary.write_text(f'{{"meta": {json.dumps(results.get("meta", {}))},\n "cells": {{\n{cells}\n}}}}\n')
+    temporary.replace(out)  # atomic: an interrupted run keeps the previous cache
+
+
 def summarize(values: list[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if len(finite) < len(values) or not finite:
@@ -164,8 +173,7 @@ def main() -> None:
             "machine": platform.platform(),
             "protocol": __doc__.split("Protocol")[1].split("All seeds")[0].strip(),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1) + "\n")
+        write_results(out, results)
     text = table(results, args, report)
     print(text)
     if args.update_cards:
