@@ -15,11 +15,13 @@ Nothing is unpickled and nothing read from a file is evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,22 +299,17 @@ def default_model_card(name: str, document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _atomic_path:
-    """Context manager yielding a temporary path that replaces ``target`` on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __enter__(self) -> str:
-        handle, self.tmp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.")
-        os.close(handle)
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.target)
-        else:
-            os.unlink(self.tmp)
+@contextlib.contextmanager
+def _atomic_path(target: Path) -> Iterator[str]:
+    """A temporary path beside ``target`` that replaces it only if the block succeeds."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(handle)
+    try:
+        yield temporary
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    os.replace(temporary, target)
 
 
 def push_to_hub(
