@@ -247,3 +247,13 @@ def test_symmetry_regulariser_enters_the_meta_loss():
     assert regularised.meta_trajectory(4) > plain.meta_trajectory(4)
     with pytest.raises(ValueError, match="cannot be combined"):
         MetaTrainConfig.from_dict({**base, "symmetry_weight": 1.0, "rescale": 1.0})
+
+
+def test_curriculum_keeps_the_best_weights_across_horizons_when_validation_is_fixed(tmp_path):
+    config = MetaTrainConfig.from_dict(
+        {**QUADRATIC_RUN, "imitation_epochs": 0, "meta_epochs": 6, "validation_horizon": 10, "patience": 1}
+    )
+    result = MetaTrainer(config, tmp_path).run(progress_bar=False)
+    history = result.progress.history
+    assert len({row["horizon"] for row in history}) == 2
+    assert result.progress.best_valid == min(row["valid_loss"] for row in history)

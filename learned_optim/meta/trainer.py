@@ -287,7 +287,8 @@ class MetaTrainer:
             if progress.epochs_since_best >= config.patience and progress.horizon_index + 1 < len(config.horizons):
                 progress.horizon_index += 1
                 progress.epochs_since_best = 0
-                progress.best_valid = math.inf  # a longer horizon has a different loss scale
+                if not config.validation_horizon:  # validation follows the horizon: a new loss scale
+                    progress.best_valid = math.inf
         progress.seconds += time.perf_counter() - started
         record["minutes"] = progress.seconds / 60
         progress.history.append(record)
