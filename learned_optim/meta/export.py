@@ -96,8 +96,17 @@ def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Pat
         [torch.nn.Parameter(torch.zeros(1))], config=result.optimizer_config, theta=result.best_theta
     )
     recipe = recipe_of(trainer, result, command)
-    best = min((r for r in result.progress.history if r["phase"] == "meta"), key=lambda r: r["valid_loss"])
-    metrics = {"meta_validation": {"best_epoch": best["epoch"], "loss": best["valid_loss"], "horizon": best["horizon"]}}
+    # The epoch whose weights were kept: its validation loss is the run's best_valid.
+    kept = [
+        r for r in result.progress.history if r["phase"] == "meta" and r["valid_loss"] == result.progress.best_valid
+    ]
+    metrics = {
+        "meta_validation": {
+            "loss": result.progress.best_valid,
+            "epoch": kept[-1]["epoch"] if kept else None,
+            "horizon": trainer.config.validation_horizon or (kept[-1]["horizon"] if kept else None),
+        }
+    }
     save_pretrained(
         optimizer,
         out,
