@@ -19,11 +19,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from learned_optim.diagnostics.symmetry import Structure, conserved, deviations, find_symmetries
+from learned_optim.diagnostics.symmetry import (
+    Structure,
+    conserved,
+    deviations,
+    find_symmetries,
+    relative_deviations,
+)
 
 
-def _summary(values: Tensor) -> dict[str, Any]:
-    return {"abs_sum": float(values.abs().sum()), "signed_sum": float(values.sum()), "per_unit": values.tolist()}
+def _summary(structure: Structure, field: dict[str, Tensor], params: dict[str, Tensor]) -> dict[str, Any]:
+    values = deviations(structure, field, params)
+    return {
+        "abs_sum": float(values.abs().sum()),
+        "signed_sum": float(values.sum()),
+        # scale-free (0 exact, 1 no cancellation): comparable across optimizers whatever their step size
+        "relative_mean": float(relative_deviations(structure, field, params).mean()),
+        "per_unit": values.tolist(),
+    }
 
 
 class SymmetryMonitor:
@@ -70,11 +83,11 @@ class SymmetryMonitor:
             for structure in self.structures:
                 entry = {
                     "kind": structure.kind,
-                    "gradient": _summary(deviations(structure, self._grads, self._before)),
+                    "gradient": _summary(structure, self._grads, self._before),
                     "conserved": conserved(structure, self._before).tolist(),
                 }
                 if update is not None:
-                    entry["update"] = _summary(deviations(structure, update, self._before))
+                    entry["update"] = _summary(structure, update, self._before)
                 record["structures"][structure.name] = entry
             self.records.append(record)
             self._before = self._grads = None

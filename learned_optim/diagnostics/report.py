@@ -2,9 +2,11 @@
 
 For each optimizer, the same task instance (same initialisation and batches) is trained while a
 :class:`SymmetryMonitor` records at every ``every``-th step; the report is one JSON file plus
-``deviations.png`` (Σ|deviation| of the update −Δθ/lr and of the gradient, per symmetry kind,
-optimizers side by side) and ``conserved.png`` (relative drift of the conserved quantities, with
-the gradient-flow theory for SGD with weight decay where that optimizer is in the list).
+``deviations.png`` (mean relative deviation per unit — 0 exact, 1 no cancellation, so optimizers
+with different step sizes compare fairly — of the update −Δθ/lr and of the gradient, per symmetry
+kind, optimizers side by side; the JSON also keeps absolute and signed sums) and
+``conserved.png`` (relative drift of the conserved quantities, with the gradient-flow theory for
+SGD with weight decay where that optimizer is in the list).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _kind_series(run: dict[str, Any], kind: str, field: str) -> tuple[list[int],
         entries = [e for e in record["structures"].values() if e["kind"] == kind and field in e]
         if entries:
             steps.append(record["step"])
-            values.append(sum(e[field]["abs_sum"] for e in entries))
+            values.append(sum(e[field]["relative_mean"] for e in entries) / len(entries))
     return steps, values
 
 
@@ -90,8 +92,8 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
             color = f"C{index}"
             axis.plot(*_kind_series(run, kind, "update"), color=color, label=f"{spec}: update")
             axis.plot(*_kind_series(run, kind, "gradient"), color=color, linestyle=":", label=f"{spec}: gradient")
-        axis.set_yscale("symlog", linthresh=1e-8)
-        axis.set_title(f"{kind}: Σ_units |deviation|")
+        axis.set_yscale("log")
+        axis.set_title(f"{kind}: mean relative deviation per unit")
         axis.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"{report['task']}: symmetry breaking (dotted: gradients, ≈ 0 by theory)")
