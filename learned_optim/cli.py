@@ -106,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except learned_optim.WeightsError as error:
-        print(f"learned-optim: error: {error}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError) as error:  # bad input: a message, not a traceback
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"learned-optim: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -53,3 +53,14 @@ def test_download_from_the_hub_into_the_cache(weights_folder, tmp_path):
 def test_help_everywhere(command):
     out = run_cli(*command, "--help").stdout
     assert out.startswith("usage: learned-optim")
+
+
+def test_bad_input_is_a_message_not_a_traceback(tmp_path):
+    config = tmp_path / "bad.json"
+    config.write_text('{"horizon": 100}')
+    result = run_cli("meta-train", str(config), "--run-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode == 1 and "unknown keys ['horizon']" in result.stderr and "Traceback" not in result.stderr
+    missing = run_cli("meta-train", str(tmp_path / "nope.json"), check=False)
+    assert missing.returncode == 1 and "nope.json" in missing.stderr
+    unknown = run_cli("diagnose", "--task", "cifar-vit", "--steps", "1", check=False)
+    assert unknown.returncode == 1 and "unknown task 'cifar-vit'" in unknown.stderr
