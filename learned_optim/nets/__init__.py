@@ -7,6 +7,24 @@ shared by all columns. Feature-major keeps every gate a contiguous block, which 
 elementwise activations several times faster than on ``(N, features)`` slices.
 """
 
-from learned_optim.nets.coordinatewise import init_linear, init_lstm, linear, lstm, tanh
+from learned_optim.nets.coordinatewise import (
+    init_linear,
+    init_lstm,
+    linear,
+    lstm,
+    pack_lstm_state,
+    tanh,
+    unpack_lstm_state,
+    zero_lstm_state,
+)
 
-__all__ = ["init_linear", "init_lstm", "linear", "lstm", "tanh"]
+__all__ = [
+    "init_linear",
+    "init_lstm",
+    "linear",
+    "lstm",
+    "pack_lstm_state",
+    "tanh",
+    "unpack_lstm_state",
+    "zero_lstm_state",
+]

@@ -89,3 +89,29 @@ def lstm(theta: dict[str, Tensor], prefix: str, x: Tensor, hidden: Hidden) -> tu
         new_hidden.append((h, c))
         x = h
     return x, new_hidden
+
+
+def zero_lstm_state(shape: tuple[int, ...], hidden_size: int, num_layers: int, **tensor_kwargs) -> dict[str, Tensor]:
+    """Per-coordinate ``h{layer}``, ``c{layer}`` states, feature-major: ``(hidden_size, *shape)``."""
+    state = {}
+    for layer in range(num_layers):
+        state[f"h{layer}"] = torch.zeros((hidden_size, *shape), **tensor_kwargs)
+        state[f"c{layer}"] = torch.zeros((hidden_size, *shape), **tensor_kwargs)
+    return state
+
+
+def unpack_lstm_state(state: dict[str, Tensor], hidden_size: int, num_layers: int, numel: int) -> Hidden:
+    """``(h, c)`` per layer as ``(hidden_size, numel)`` matrices, for :func:`lstm`."""
+    return [
+        (state[f"h{layer}"].reshape(hidden_size, numel), state[f"c{layer}"].reshape(hidden_size, numel))
+        for layer in range(num_layers)
+    ]
+
+
+def pack_lstm_state(hidden: Hidden, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The new ``h{layer}``, ``c{layer}`` entries, shaped like those of ``like``."""
+    state = {}
+    for layer, (h, c) in enumerate(hidden):
+        state[f"h{layer}"] = h.reshape(like[f"h{layer}"].shape)
+        state[f"c{layer}"] = c.reshape(like[f"c{layer}"].shape)
+    return state

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.features import log_sign
-from learned_optim.nets import init_linear, init_lstm, linear, lstm
+from learned_optim.nets import init_linear, init_lstm, linear, lstm, pack_lstm_state, unpack_lstm_state, zero_lstm_state
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,7 @@ def init_theta(config: LSTMConfig, generator: torch.Generator | None = None) -> 
 def init_state(param: Tensor, config: LSTMConfig) -> dict[str, Tensor]:
     """Zero hidden and cell states, shaped ``(hidden_size, *param.shape)`` (feature-major)."""
     dtype = compute_dtype_for(param.dtype)
-    shape = (config.hidden_size, *param.shape)
-    state = {}
-    for layer in range(config.num_layers):
-        state[f"h{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
-        state[f"c{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
-    return state
+    return zero_lstm_state(param.shape, config.hidden_size, config.num_layers, dtype=dtype, device=param.device)
 
 
 def update(
@@ -66,16 +61,10 @@ def update(
     del step
     numel, hidden_size = grad.numel(), config.hidden_size
     x = log_sign(grad.reshape(numel).to(theta["output.weight"].dtype), config.preprocess_p)
-    hidden = [
-        (state[f"h{layer}"].reshape(hidden_size, numel), state[f"c{layer}"].reshape(hidden_size, numel))
-        for layer in range(config.num_layers)
-    ]
+    hidden = unpack_lstm_state(state, hidden_size, config.num_layers, numel)
     top, hidden = lstm(theta, "lstm", x, hidden)
     direction = linear(theta, "output", top) * config.output_scale
-    new_state = {}
-    for layer, (h, c) in enumerate(hidden):
-        new_state[f"h{layer}"] = h.reshape(state[f"h{layer}"].shape)
-        new_state[f"c{layer}"] = c.reshape(state[f"c{layer}"].shape)
+    new_state = pack_lstm_state(hidden, state)
     return direction.reshape(grad.shape), new_state
 
 

@@ -25,7 +25,16 @@ from torch.nn import functional
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.features import adam_normalized, ema
-from learned_optim.nets import init_linear, init_lstm, linear, lstm, tanh
+from learned_optim.nets import (
+    init_linear,
+    init_lstm,
+    linear,
+    lstm,
+    pack_lstm_state,
+    tanh,
+    unpack_lstm_state,
+    zero_lstm_state,
+)
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,7 @@ def init_state(param: Tensor, config: RNNpropConfig) -> dict[str, Tensor]:
         "exp_avg": torch.zeros(param.shape, dtype=dtype, device=param.device),
         "exp_avg_sq": torch.zeros(param.shape, dtype=dtype, device=param.device),
     }
-    shape = (config.hidden_size, *param.shape)
-    for layer in range(config.num_layers):
-        state[f"h{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
-        state[f"c{layer}"] = torch.zeros(shape, dtype=dtype, device=param.device)
+    state.update(zero_lstm_state(param.shape, config.hidden_size, config.num_layers, dtype=dtype, device=param.device))
     return state
 
 
@@ -72,19 +78,14 @@ def update(
     exp_avg_sq = ema(state["exp_avg_sq"].reshape(numel), g * g, config.beta2)
     m_tilde, g_tilde = adam_normalized(g, exp_avg, exp_avg_sq, step, config.beta1, config.beta2, config.eps)
     x = functional.elu(linear(theta, "input", torch.stack((m_tilde, g_tilde))))
-    hidden = [
-        (state[f"h{layer}"].reshape(hidden_size, numel), state[f"c{layer}"].reshape(hidden_size, numel))
-        for layer in range(config.num_layers)
-    ]
+    hidden = unpack_lstm_state(state, hidden_size, config.num_layers, numel)
     top, hidden = lstm(theta, "lstm", x, hidden)
     direction = tanh(linear(theta, "output", top)) * config.step_scale
     new_state = {
         "exp_avg": exp_avg.reshape(grad.shape),
         "exp_avg_sq": exp_avg_sq.reshape(grad.shape),
+        **pack_lstm_state(hidden, state),
     }
-    for layer, (h, c) in enumerate(hidden):
-        new_state[f"h{layer}"] = h.reshape(state[f"h{layer}"].shape)
-        new_state[f"c{layer}"] = c.reshape(state[f"c{layer}"].shape)
     return direction.reshape(grad.shape), new_state
 
 
