@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import shutil
 import subprocess
@@ -59,7 +60,7 @@ import learned_optim as lo
 opt = lo.load("{name}", model.parameters())
 ```
 
-Architecture `{config.architecture}` with `{json_dumps(dataclasses.asdict(result.optimizer_config))}`.
+Architecture `{config.architecture}` with `{json.dumps(dataclasses.asdict(result.optimizer_config))}`.
 
 ## Evaluation
 
@@ -81,12 +82,6 @@ Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed
 |---:|---|---:|---:|---:|
 {rows}
 """
-
-
-def json_dumps(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Path, command: str) -> Path:

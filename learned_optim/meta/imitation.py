@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from learned_optim.meta.teachers import init_teacher_state, teacher_update
-from learned_optim.meta.unroll import apply_direction, flat_parameters
+from learned_optim.meta.unroll import apply_direction, flat_gradient, flat_parameters
 
 
 def imitation_trajectory(
@@ -46,8 +46,7 @@ def imitation_trajectory(
         for t in range(begin + 1, min(begin + unroll, horizon) + 1):
             leaves = {k: (v.detach().requires_grad_() if k in names else v) for k, v in params.items()}
             loss = task.loss(leaves, task.sample(generator, "train"))
-            grads = torch.autograd.grad(loss, [leaves[n] for n in names])
-            flat_grad = torch.cat([g.reshape(-1) for g in grads])
+            flat_grad = flat_gradient(task, loss, leaves)
             target, teacher_state = teacher_update(teacher, flat_grad, teacher_state, t, teacher_lr)
             direction, opt_state = architecture.update(theta, flat_grad, opt_state, torch.tensor(float(t)), config)
             error = error + ((inner_lr * direction - target) ** 2).sum()

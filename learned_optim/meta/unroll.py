@@ -50,6 +50,12 @@ def flat_parameters(task: Any, params: dict[str, Tensor]) -> Tensor:
     return torch.cat([params[name].reshape(-1) for name in task.parameter_names])
 
 
+def flat_gradient(task: Any, loss: Tensor, params: dict[str, Tensor], **grad_kwargs: Any) -> Tensor:
+    """∇loss with respect to the optimized entries of ``params``, as one vector (``flat_parameters`` order)."""
+    grads = torch.autograd.grad(loss, [params[name] for name in task.parameter_names], **grad_kwargs)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
 def start(architecture: Any, config: Any, task: Any, generator: torch.Generator) -> InnerState:
     """A fresh task instance and a zero optimizer state."""
     params = task.init(generator)
@@ -100,8 +106,7 @@ def unroll(
     loss = task.loss(params, task.sample(generator, split))
     losses = []
     for k in range(num_steps):
-        grads = torch.autograd.grad(loss, [params[n] for n in names], retain_graph=True, create_graph=second_order)
-        flat_grad = torch.cat([g.reshape(-1) for g in grads])
+        flat_grad = flat_gradient(task, loss, params, retain_graph=True, create_graph=second_order)
         step = torch.tensor(float(inner.step + k + 1))
         direction, opt_state = architecture.update(theta, flat_grad, opt_state, step, config)
         penalty = regularizer(params, split_direction(task, params, direction)) if regularizer else 0.0
