@@ -1,9 +1,12 @@
 """Step time and memory of the learned optimizers against torch.optim.Adam.
 
-    python -m benchmarks.overhead --sizes 1e6 1e7 --optimizers adam,adam-foreach,rnnprop,lstm
+    python -m benchmarks.overhead --sizes 1e6 1e7 resnet50 --optimizers adam,adam-foreach,rnnprop,lstm
+    learned-optim bench overhead                     # the same, as a suite, into bench-results/overhead
 
-Each (optimizer, size) runs in a fresh subprocess on a stack of square linear layers with random
-gradients. Reported per optimizer:
+Each (optimizer, size) runs in a fresh subprocess with random gradients, on a stack of 1024×1024
+matrices (sizes given as numbers) or on the parameter shapes of torchvision's ResNet-50
+(``resnet50``, 25.6M parameters in 161 tensors). Learned optimizers run with a fresh network of
+their architecture: the cost does not depend on the weights. Reported per optimizer:
 
 * step time: median of the timed steps (after one warm-up step that allocates the state);
 * state: bytes of optimizer state per parameter, in 4-byte words;
@@ -26,19 +29,10 @@ from pathlib import Path
 
 import torch
 
-OPTIMIZERS = ("adam", "adam-foreach", "rnnprop", "lstm", "hamiltonian")
+from learned_optim.factory import make_optimizer
 
-
-def build_optimizer(name: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    import learned_optim as lo
-
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-3)
-    if name == "adam-foreach":
-        return torch.optim.Adam(params, lr=1e-3, foreach=True)
-    if name in lo.ARCHITECTURES:  # a fresh network: cost does not depend on the weights
-        return lo.ARCHITECTURES[name](params)
-    return lo.load(name, params)
+LEARNED = ("rnnprop", "lstm", "hamiltonian")
+OPTIMIZERS = ("adam", "adam-foreach", *LEARNED)
 
 
 def _memory_kib(field: str) -> int:
@@ -52,15 +46,24 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(name: str, size: int, steps: int, device: str) -> dict:
+def parameter_shapes(size: str) -> list[tuple[int, ...]]:
+    """``resnet50``: torchvision ResNet-50's parameter shapes; a number: that many 1024×1024 matrices' worth."""
+    if size == "resnet50":
+        import torchvision
+
+        with torch.device("meta"):
+            return [tuple(p.shape) for p in torchvision.models.resnet50().parameters()]
+    width = 1024
+    return [(width, width)] * max(1, round(float(size) / (width * width)))
+
+
+def measure(name: str, size: str, steps: int, device: str) -> dict:
     """One measurement, meant to run in a fresh process."""
     torch.manual_seed(0)
-    width = 1024
-    layers = max(1, round(size / (width * width)))
-    params = [torch.nn.Parameter(torch.randn(width, width, device=device) * 0.01) for _ in range(layers)]
+    params = [torch.nn.Parameter(torch.randn(shape, device=device) * 0.01) for shape in parameter_shapes(size)]
     for p in params:
         p.grad = torch.randn_like(p)
-    optimizer = build_optimizer(name, params)
+    optimizer = make_optimizer(name, params)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times, peaks = [], []
     for _ in range(steps + 1):  # the first step allocates the state and is not timed
@@ -82,6 +85,7 @@ def measure(name: str, size: int, steps: int, device: str) -> dict:
     numel = sum(p.numel() for p in params)
     return {
         "optimizer": name,
+        "size": size,
         "parameters": numel,
         "step_seconds": statistics.median(times[1:]),
         "state_words_per_parameter": state_bytes / 4 / numel,
@@ -91,11 +95,12 @@ def measure(name: str, size: int, steps: int, device: str) -> dict:
     }
 
 
-def run_all(names: list[str], sizes: list[int], steps: int, device: str) -> list[dict]:
+def run_all(names: list[str], sizes: list[str], steps: int, device: str) -> list[dict]:
     rows = []
+    module = __spec__.name if __spec__ and __spec__.name != "__main__" else "benchmarks.overhead"
     for size in sizes:
         for name in names:
-            command = [sys.executable, "-m", "benchmarks.overhead", "--worker", name, str(size), str(steps), device]
+            command = [sys.executable, "-m", module, "--worker", name, str(size), str(steps), device]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(f"  measured {name} at {rows[-1]['parameters']:,} parameters", file=sys.stderr)
@@ -109,43 +114,68 @@ def _relative(extra: int, state: int) -> str:
 def table(rows: list[dict]) -> str:
     lines = [
         "| optimizer | parameters | step time | vs Adam | state (words/param) "
-        "| peak extra, first step | peak extra, later steps |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| peak extra, first step | peak extra, later steps | peak memory vs Adam |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    adam = {r["parameters"]: r["step_seconds"] for r in rows if r["optimizer"] == "adam"}
+    adam = {r["parameters"]: r for r in rows if r["optimizer"] == "adam"}
     for r in rows:
-        ratio = r["step_seconds"] / adam[r["parameters"]] if r["parameters"] in adam else float("nan")
+        reference = adam.get(r["parameters"])
+        ratio = f"{r['step_seconds'] / reference['step_seconds']:.1f}×" if reference else "—"
+        memory = f"{peak_memory(r) / peak_memory(reference):.1f}×" if reference else "—"
         lines.append(
-            f"| {r['optimizer']} | {r['parameters']:,} | {r['step_seconds'] * 1e3:.1f} ms | {ratio:.1f}× "
+            f"| {r['optimizer']} | {r['parameters']:,} | {r['step_seconds'] * 1e3:.1f} ms | {ratio} "
             f"| {r['state_words_per_parameter']:.0f} | {_relative(r['first_step_peak_extra_bytes'], r['state_bytes'])} "
-            f"| {_relative(r['peak_extra_bytes'], r['state_bytes'])} |"
+            f"| {_relative(r['peak_extra_bytes'], r['state_bytes'])} | {memory} |"
         )
     return "\n".join(lines)
 
 
+def peak_memory(row: dict) -> int:
+    """The most the optimizer holds at once: its state plus the largest transient of a later step."""
+    return row["state_bytes"] + row["peak_extra_bytes"]
+
+
+def machine_description(device: str) -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+    }
+
+
+def write(rows: list[dict], out: Path, device: str, command: str) -> None:
+    """``overhead.json`` (rows and machine) and ``overhead.md`` (the table) in ``out``."""
+    from .suites import environment
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(device)
+    (out / "overhead.json").write_text(json.dumps({"command": command, "environment": env, "rows": rows}, indent=2))
+    (out / "overhead.md").write_text(
+        f"# Optimizer overhead\n\nCommand: `{command}` at commit {env['commit']}, torch {env['torch']}, "
+        f"{env['device']} ({env['machine']}, {env['threads']} threads).\n\n{__doc__.split(chr(10) + chr(10), 2)[2]}\n"
+        f"{table(rows)}\n"
+    )
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        name, size, steps, device = sys.argv[2], int(float(sys.argv[3])), int(sys.argv[4]), sys.argv[5]
+        name, size, steps, device = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
         torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(measure(name, size, steps, device)))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    parser.add_argument("--sizes", nargs="+", default=["1e6", "1e7"], help="numbers, or resnet50")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated; also pretrained names")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the rows and the machine description here")
     args = parser.parse_args()
-    rows = run_all(args.optimizers.split(","), [int(s) for s in args.sizes], args.steps, args.device)
+    rows = run_all(args.optimizers.split(","), args.sizes, args.steps, args.device)
     print(table(rows))
     if args.json:
-        machine = {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        }
+        machine = machine_description(args.device)
         args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
 
 

@@ -62,6 +62,14 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    try:  # installed: the benchmarks/ folder ships as learned_optim.benchmarks
+        from learned_optim.benchmarks.cli import main as bench_main
+    except ImportError:  # pragma: no cover - a checkout whose install predates the mapping
+        from benchmarks.cli import main as bench_main
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="learned-optim", description="Pretrained learned optimizers for PyTorch.")
     parser.add_argument("--version", action="version", version=f"learned_optim {learned_optim.__version__}")
@@ -99,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--seed", type=int, default=0)
     diagnose.add_argument("--out", help="report folder (default: reports/diagnostics/<task>)")
     diagnose.set_defaults(handler=_diagnose)
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark suites: quick, mnist, transfer, resnet50, overhead (learned-optim bench --help)",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="SUITE and its options")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -19,26 +19,8 @@ import torch
 
 from learned_optim.diagnostics.monitor import SymmetryMonitor
 from learned_optim.diagnostics.symmetry import theory_sgd_weight_decay
+from learned_optim.factory import make_optimizer
 from learned_optim.meta.tasks import get_task
-
-DEFAULT_LR = {"sgd": 0.1, "sgd-wd": 0.1, "adam": 1e-3}
-
-
-def make_optimizer(spec: str, params) -> torch.optim.Optimizer:
-    """``sgd``, ``sgd-wd`` (weight decay 5e-4), ``adam``, or a learned optimizer's name; ``name@lr`` sets lr."""
-    name, _, lr_text = spec.partition("@")
-    lr = float(lr_text) if lr_text else DEFAULT_LR.get(name, 1.0)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "sgd-wd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=5e-4)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    import learned_optim as lo
-
-    if name in lo.ARCHITECTURES:  # a fresh, untrained network of that architecture
-        return lo.ARCHITECTURES[name](params, lr=lr)
-    return lo.load(name, params, lr=lr)
 
 
 def diagnose(task_name: str, optimizers: list[str], steps: int, every: int, seed: int = 0) -> dict[str, Any]:

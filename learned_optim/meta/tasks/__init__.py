@@ -9,6 +9,7 @@ from torch import nn
 
 from learned_optim.meta.tasks.images import cnn_task, mlp_task
 from learned_optim.meta.tasks.quadratic import QuadraticTask
+from learned_optim.meta.tasks.resnet import resnet50_task
 
 TASKS: dict[str, Callable[[str | None], Any]] = {
     "quadratic": lambda root: QuadraticTask(),
@@ -19,6 +20,8 @@ TASKS: dict[str, Callable[[str | None], Any]] = {
     "mnist-cnn-bn": lambda root: cnn_task("mnist-cnn-bn", "MNIST", root=root),
     "fashion-mlp": lambda root: mlp_task("fashion-mlp", "FashionMNIST", (20,), nn.Sigmoid, root=root),
     "fashion-cnn": lambda root: cnn_task("fashion-cnn", "FashionMNIST", root=root),
+    "fashion-resnet50": lambda root: resnet50_task("fashion-resnet50", "FashionMNIST", root=root),
+    "cifar10-resnet50": lambda root: resnet50_task("cifar10-resnet50", "CIFAR10", root=root),
 }
 
 

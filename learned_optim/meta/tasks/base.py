@@ -34,6 +34,8 @@ class ModuleTask:
     sampler: Callable[[torch.Generator, str], Any]
     loss_fn: Callable[[Any, Any], Tensor]
     description: str = ""
+    # The whole split as (inputs, targets), inputs shaped as the model takes them; for evaluation.
+    split_data: Callable[[str], tuple[Tensor, Tensor]] | None = None
     _template: nn.Module | None = field(default=None, init=False, repr=False)
 
     @property

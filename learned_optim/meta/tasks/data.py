@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST as in-memory tensors, through torchvision.
+"""MNIST, Fashion-MNIST and CIFAR-10 as in-memory tensors, through torchvision.
 
 The data root is, in order: the ``root`` argument, ``$LEARNED_OPTIM_DATA``, then
 ``~/.cache/learned_optim/data``. torchvision downloads the files there when they are missing.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-DATASETS = ("MNIST", "FashionMNIST")
+DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -38,7 +38,10 @@ def _copy_from_mirror(name: str, root: Path) -> None:
 
 
 def load_images(name: str, train: bool, root: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
-    """``(images, labels)``: float32 images in [0, 1] of shape (N, 1, 28, 28) and int64 labels."""
+    """``(images, labels)``: float32 images in [0, 1] of shape (N, C, H, W) and int64 labels.
+
+    MNIST and Fashion-MNIST are (N, 1, 28, 28); CIFAR-10 is (N, 3, 32, 32).
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
     import torchvision
@@ -46,5 +49,7 @@ def load_images(name: str, train: bool, root: str | os.PathLike[str] | None = No
     folder = data_root(root)
     _copy_from_mirror(name, folder)
     dataset = getattr(torchvision.datasets, name)(str(folder), train=train, download=True)
-    images = dataset.data.unsqueeze(1).to(torch.float32).div_(255.0)
-    return images, dataset.targets.to(torch.int64)
+    data = torch.as_tensor(dataset.data)
+    # torchvision keeps MNIST-like data as (N, H, W) tensors and CIFAR as (N, H, W, C) arrays.
+    images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
+    return images.to(torch.float32).div_(255.0), torch.as_tensor(dataset.targets, dtype=torch.int64)

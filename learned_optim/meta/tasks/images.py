@@ -47,6 +47,10 @@ def batch_sampler(dataset: str, batch_size: int, root: str | None = None, flatte
     return sample
 
 
+def _flattened(split: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return split[0].flatten(1), split[1]
+
+
 def mlp(widths: tuple[int, ...], activation: type[nn.Module]) -> nn.Module:
     layers: list[nn.Module] = []
     for i in range(len(widths) - 1):
@@ -65,6 +69,7 @@ def mlp_task(
         make_module=lambda g: seeded_init(lambda: mlp(widths, activation), g),
         sampler=batch_sampler(dataset, batch_size, root),
         loss_fn=nn.functional.cross_entropy,
+        split_data=lambda split: _flattened(image_splits(dataset, root)[split]),
         description=f"{dataset} MLP {'-'.join(map(str, widths))}, {activation.__name__} hidden, batch {batch_size}",
     )
 
@@ -91,5 +96,6 @@ def cnn_task(name: str, dataset: str, batch_size: int = 128, root=None) -> Modul
         make_module=lambda g: seeded_init(cnn_bn, g),
         sampler=batch_sampler(dataset, batch_size, root, flatten=False),
         loss_fn=nn.functional.cross_entropy,
+        split_data=lambda split: image_splits(dataset, root)[split],
         description=f"{dataset} CNN 8-16 channels with BatchNorm, batch {batch_size}",
     )

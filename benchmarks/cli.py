@@ -1,0 +1,81 @@
+"""``learned-optim bench SUITE`` (also ``python -m benchmarks SUITE`` in a checkout).
+
+Suites: quick, mnist, transfer, resnet50 (training against tuned baselines, see
+``benchmarks.suites``) and overhead (step time and peak memory against torch.optim.Adam, see
+``benchmarks.overhead``). Each writes into ``--out`` (default ``bench-results/<suite>``):
+``results.json`` (schema below), ``results.md`` and ``<suite>.png``; rerunning the same command
+resumes, reusing every finished cell.
+
+Schema ``learned_optim.bench.results/1`` (training suites): top level ``suite``, ``description``,
+``protocol``, ``command``, ``environment`` (commit, torch, python, machine, device, threads),
+``plans`` (per task: steps, report, seeds, tuning_seeds), ``grids`` (baseline → learning rates),
+``baselines``, ``learned``, ``cells`` and ``summary``. A cell (key
+``phase/task/optimizer@lr/seeds=N/steps=T``) holds its specification (task, optimizer, lr, seeds,
+steps, report, metrics, fit_split), ``phase`` (tune or final), ``weights_sha256`` (learned
+optimizers), ``seconds``, ``step_seconds`` (median), ``state_bytes_per_run``,
+``parameters_per_run``, ``diverged_at`` (per seed: step or null), ``train_loss_curve`` (per-step
+minibatch loss, mean over seeds), ``smoothed_curve`` (window, step, mean, std, seeds) and ``at``
+(reported step → metric → per-seed values). ``summary`` is task → {plan, optimizers: optimizer →
+reported step → {lr, lr_at_grid_edge, <metric>: {mean, std, per_seed}, diverged_seeds,
+step_seconds, state_bytes_per_run, vs_adam}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import overhead
+from .report import write_reports
+from .suites import SUITES, run_suite, with_overrides
+
+
+def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("suite", choices=[*SUITES, "overhead"])
+    parser.add_argument("--out", type=Path, help="results folder (default: bench-results/<suite>)")
+    parser.add_argument("--optimizers", nargs="*", help="learned optimizers (default: every pretrained one)")
+    parser.add_argument("--baselines", nargs="*", help="subset of the suite's baselines (sgd, sgd-momentum, adam)")
+    parser.add_argument("--tasks", nargs="*", help="train these tasks instead of the suite's")
+    parser.add_argument("--steps", type=int, help="training steps per run (overrides the suite)")
+    parser.add_argument("--report", nargs="*", type=int, help="steps at which to measure (overrides the suite)")
+    parser.add_argument("--seeds", type=int, help="seeds of the final runs (overrides the suite)")
+    parser.add_argument("--tuning-seeds", type=int, help="seeds of the learning-rate search (overrides the suite)")
+    parser.add_argument("--sizes", nargs="*", default=["1e6", "1e7", "resnet50"], help="overhead: parameter sets")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "learned-optim bench") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or Path("bench-results") / args.suite
+    command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    if args.suite == "overhead":
+        names = ["adam", "adam-foreach", "sgd-momentum", *(args.optimizers or overhead.LEARNED)]
+        overhead.write(overhead.run_all(names, args.sizes, steps=3, device=args.device), out, args.device, command)
+        print((out / "overhead.md").read_text())
+        return 0
+    suite = with_overrides(SUITES[args.suite], args.tasks, args.steps, args.report, args.seeds, args.tuning_seeds)
+    results = run_suite(
+        suite, out, args.optimizers, args.baselines, args.device, progress=not args.no_progress, command=command
+    )
+    paths = write_reports(results.data, out)
+    results.write()
+    print(paths[0].read_text())
+    print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m benchmarks"))

@@ -1,0 +1,272 @@
+"""The benchmark suites and how they run: tune the baselines, then rerun everything on fresh seeds.
+
+Protocol, per task:
+
+1. **Tune.** Each baseline (SGD, SGD with momentum 0.9, Adam) trains with every learning rate of
+   its log grid from ``tuning_seeds`` seeds (0, 1, …). For each reported step t it keeps the rate
+   with the lowest mean *validation* loss at t (the half of the training images the optimizee
+   does not train on); a rate with a diverged seed counts as infinite. A chosen rate at the edge
+   of its grid is flagged in the table.
+2. **Rerun.** Each baseline at its chosen rate(s), and every pretrained learned optimizer at
+   lr = 1 (the step it was trained with, untuned), trains from ``seeds`` fresh seeds (1000, 1001,
+   …). The figures reported at step t come from the run at the rate chosen for t.
+
+Finished cells are cached in the results JSON and reused when their specification (and, for
+learned optimizers, the SHA-256 of their weights) is unchanged, so an interrupted suite resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .runner import CellSpec, run_cell
+
+SCHEMA = "learned_optim.bench.results/1"
+TUNING_FIRST_SEED = 0
+FINAL_FIRST_SEED = 1000
+HALF_DECADES = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
+BASELINE_GRIDS: dict[str, tuple[float, ...]] = {
+    "sgd": HALF_DECADES[:6],  # 10 … 0.03
+    "sgd-momentum": HALF_DECADES[2:8],  # 1 … 0.003
+    "adam": HALF_DECADES[4:],  # 0.1 … 3e-4
+}
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    task: str
+    steps: int
+    report: tuple[int, ...]
+    seeds: int
+    tuning_seeds: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    plans: tuple[TaskPlan, ...]
+    grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(BASELINE_GRIDS))
+
+
+def _mlp(task: str, steps: int, report: tuple[int, ...], seeds: int, tuning_seeds: int) -> TaskPlan:
+    return TaskPlan(task, steps, report, seeds, tuning_seeds)
+
+
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite("quick", "a few minutes: mnist-mlp, 3 seeds, 300 steps", (_mlp("mnist-mlp", 300, (100, 300), 3, 2),)),
+        Suite(
+            "mnist",
+            "the classic protocol: mnist-mlp (784-20-10 sigmoid), 10 seeds, 2000 steps",
+            (_mlp("mnist-mlp", 2000, (100, 1000, 2000), 10, 3),),
+        ),
+        Suite(
+            "transfer",
+            "tasks the learned optimizers never saw: ReLU, deeper and wider MLPs, CNNs with BatchNorm, Fashion-MNIST",
+            (
+                _mlp("mnist-mlp-relu", 1000, (100, 1000), 5, 2),
+                _mlp("mnist-mlp-2x20", 1000, (100, 1000), 5, 2),
+                _mlp("mnist-mlp-40", 1000, (100, 1000), 5, 2),
+                _mlp("fashion-mlp", 1000, (100, 1000), 5, 2),
+                # The CNNs cost ~40x an MLP step on a CPU: a shorter horizon, fewer seeds.
+                _mlp("mnist-cnn-bn", 300, (100, 300), 3, 2),
+                _mlp("fashion-cnn", 300, (100, 300), 3, 2),
+            ),
+        ),
+        Suite(
+            "resnet50",
+            "torchvision ResNet-50 on CIFAR-10 if present, else Fashion-MNIST at 32x32x3; 1 seed",
+            (_mlp("fashion-resnet50", 200, (50, 200), 1, 1),),
+            grids={"sgd-momentum": (0.3, 0.1, 0.03), "adam": (0.003, 0.001, 0.0003)},
+        ),
+    )
+}
+
+
+def learned_optimizers() -> list[str]:
+    """Every pretrained learned optimizer ``list_pretrained()`` finds."""
+    from learned_optim import list_pretrained
+
+    return [entry["name"] for entry in list_pretrained()]
+
+
+def weights_digest(name: str) -> str:
+    from learned_optim import hub
+
+    return hashlib.sha256((hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def environment(device: str) -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    return {
+        "commit": (commit.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else ""),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
+        "device": device if device == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+class Results:
+    """The results JSON: cached cells plus what produced them; written atomically after each cell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        if self.data and self.data.get("schema") != SCHEMA:
+            raise ValueError(f"{path}: schema {self.data.get('schema')!r} is not {SCHEMA!r}; use another --out")
+        self.data.setdefault("schema", SCHEMA)
+        self.cells: dict[str, Any] = self.data.setdefault("cells", {})
+
+    def cached(self, key: str, spec: CellSpec, digest: str | None) -> dict[str, Any] | None:
+        cell = self.cells.get(key)
+        if cell is None:
+            return None
+        same_spec = {k: cell.get(k) for k in asdict(spec)} == json.loads(json.dumps(asdict(spec)))
+        return cell if same_spec and cell.get("weights_sha256") == digest else None
+
+    def write(self) -> None:
+        header = {k: v for k, v in self.data.items() if k != "cells"}
+        cells = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in self.cells.items())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(header, indent=1)[:-2] + f',\n "cells": {{\n{cells}\n}}}}\n')
+        temporary.replace(self.path)  # atomic: an interrupted run keeps the previous file
+
+
+def cell_key(phase: str, spec: CellSpec) -> str:
+    return f"{phase}/{spec.task}/{spec.optimizer}@{spec.lr:g}/seeds={len(spec.seeds)}/steps={spec.steps}"
+
+
+def _seeds(first: int, count: int) -> tuple[int, ...]:
+    return tuple(range(first, first + count))
+
+
+def chosen_rates(results: Results, plan: TaskPlan, baseline: str, grid: tuple[float, ...]) -> dict[int, float]:
+    """``{reported step: the rate with the lowest mean validation loss there}`` from the tuning cells."""
+    from .report import mean
+
+    cells = [
+        results.cells[k]
+        for k in results.cells
+        if k.startswith(f"tune/{plan.task}/{baseline}@")
+        and results.cells[k]["lr"] in grid
+        and results.cells[k]["steps"] == plan.steps
+        and len(results.cells[k]["seeds"]) == plan.tuning_seeds
+    ]
+    return {r: min(cells, key=lambda c, r=r: mean(c["at"][str(r)]["validation_loss"]))["lr"] for r in plan.report}
+
+
+def run_suite(
+    suite: Suite,
+    out: Path,
+    optimizers: list[str] | None = None,
+    baselines: list[str] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    command: str = "",
+) -> Results:
+    """Run (or resume) ``suite``, writing ``out/results.json`` after every cell."""
+    results = Results(out / "results.json")
+    learned = learned_optimizers() if optimizers is None else optimizers
+    baselines = list(suite.grids) if baselines is None else baselines
+    unknown = [b for b in baselines if b not in suite.grids]
+    if unknown:
+        raise ValueError(
+            f"no learning-rate grid for baselines {unknown} in suite {suite.name!r}: {sorted(suite.grids)}"
+        )
+    digests = {name: weights_digest(name) for name in learned}
+    results.data.update(
+        suite=suite.name,
+        description=suite.description,
+        protocol=" ".join(__doc__.split("Protocol, per task:")[1].split("Finished cells")[0].split()),
+        command=command or results.data.get("command", ""),
+        environment=environment(device),
+        plans=[asdict(p) for p in suite.plans],
+        grids={b: list(suite.grids[b]) for b in baselines},
+        learned=learned,
+        baselines=baselines,
+    )
+    tuning = [
+        (plan, CellSpec(plan.task, b, lr, _seeds(TUNING_FIRST_SEED, plan.tuning_seeds), plan.steps, plan.report,
+                        metrics=("validation_loss",)))
+        for plan in suite.plans
+        for b in baselines
+        for lr in suite.grids[b]
+    ]  # fmt: skip
+    bar = tqdm(desc=f"bench {suite.name}", total=len(tuning), unit="cell", disable=not progress)
+
+    def run(phase: str, spec: CellSpec, digest: str | None = None) -> None:
+        key = cell_key(phase, spec)
+        bar.set_postfix_str(key)
+        if results.cached(key, spec, digest) is None:
+            started = time.time()
+            cell = run_cell(spec, device=device, progress=progress)
+            cell.update(phase=phase, weights_sha256=digest, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            cell["wall_seconds"] = time.time() - started
+            results.cells[key] = cell
+            results.write()
+        bar.update()
+
+    for _, spec in tuning:
+        run("tune", spec)
+    finals = []
+    for plan in suite.plans:
+        seeds = _seeds(FINAL_FIRST_SEED, plan.seeds)
+        for b in baselines:
+            for lr in sorted(set(chosen_rates(results, plan, b, suite.grids[b]).values()), reverse=True):
+                finals.append((CellSpec(plan.task, b, lr, seeds, plan.steps, plan.report), None))
+        finals += [(CellSpec(plan.task, name, 1.0, seeds, plan.steps, plan.report), digests[name]) for name in learned]
+    bar.total = len(tuning) + len(finals)
+    bar.refresh()
+    for spec, digest in finals:
+        run("final", spec, digest)
+    bar.close()
+    results.write()
+    return results
+
+
+def with_overrides(
+    suite: Suite,
+    tasks: list[str] | None = None,
+    steps: int | None = None,
+    report: list[int] | None = None,
+    seeds: int | None = None,
+    tuning_seeds: int | None = None,
+) -> Suite:
+    """``suite`` with some of its tasks, or another budget (the command line's overrides)."""
+    plans = list(suite.plans)
+    if tasks:
+        by_name = {p.task: p for p in plans}
+        template = plans[0]
+        plans = [by_name.get(t, replace(template, task=t)) for t in tasks]
+    changed = []
+    for plan in plans:
+        plan_steps = steps or plan.steps
+        kept = {r for r in (report or plan.report) if r <= plan_steps}
+        plan_report = tuple(sorted(kept if report else kept | {plan_steps}))
+        changed.append(
+            replace(
+                plan,
+                steps=plan_steps,
+                report=plan_report,
+                seeds=seeds or plan.seeds,
+                tuning_seeds=tuning_seeds or plan.tuning_seeds,
+            )
+        )
+    return replace(suite, plans=tuple(changed))

@@ -1,0 +1,49 @@
+"""Optimizers by name, for benchmarks, diagnostics and the command line.
+
+    make_optimizer("adam", params, lr=1e-3)
+    make_optimizer("rnnprop-mnist", params)        # pretrained weights (lr 1 = the trained step)
+    make_optimizer("lstm", params)                 # a fresh, untrained network of that architecture
+    make_optimizer("sgd-momentum@0.1", params)     # name@lr sets the learning rate
+
+Hand-designed names: ``sgd``, ``sgd-momentum`` (momentum 0.9), ``sgd-wd`` (weight decay 5e-4),
+``adam``, ``adam-foreach``, ``rmsprop``. Any other name is an architecture or pretrained weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+HAND_DESIGNED: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+    "sgd-momentum": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+    "sgd-wd": lambda params, lr: torch.optim.SGD(params, lr=lr, weight_decay=5e-4),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adam-foreach": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True),
+    "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
+}
+DEFAULT_LR = {"sgd": 0.1, "sgd-momentum": 0.01, "sgd-wd": 0.1, "adam": 1e-3, "adam-foreach": 1e-3, "rmsprop": 1e-3}
+
+
+def is_hand_designed(name: str) -> bool:
+    return name.partition("@")[0] in HAND_DESIGNED
+
+
+def make_optimizer(spec: str, params: Iterable[Any], lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer named by ``spec`` (``name`` or ``name@lr``) over ``params``.
+
+    The learning rate is, in order: ``lr``, the ``@lr`` suffix, the name's default (1.0 for
+    learned optimizers: the step they were trained with).
+    """
+    name, _, lr_text = spec.partition("@")
+    if lr is None:
+        lr = float(lr_text) if lr_text else DEFAULT_LR.get(name, 1.0)
+    if name in HAND_DESIGNED:
+        return HAND_DESIGNED[name](params, lr)
+    import learned_optim as lo
+
+    if name in lo.ARCHITECTURES:
+        return lo.ARCHITECTURES[name](params, lr=lr)
+    return lo.load(name, params, lr=lr)
