@@ -14,10 +14,8 @@ Protocol (Andrychowicz et al. 2016; Lv et al. 2017):
 * the reported training loss at step t is the cross-entropy of the optimizee on a fixed sample
   of 4096 examples of the data it trains on, mean ± std over seeds.
 
-All seeds train at once: parameters are stacked along a seed dimension and losses are computed
-per seed with ``torch.func.vmap``. Every optimizer here is elementwise or coordinatewise, so
-``opt.step()`` on the stacked tensors is exactly one independent run per seed, through the same
-optimizer classes a user calls. Finished (optimizer, lr) cells are cached in the output JSON, so
+All seeds train at once, stacked, through the optimizer classes a user calls
+(``benchmarks.runner``). Finished (optimizer, lr) cells are cached in the output JSON, so
 an interrupted run resumes where it stopped.
 """
 
@@ -28,96 +26,36 @@ import json
 import math
 import platform
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 import learned_optim as lo
-from learned_optim.meta.tasks import get_task
-from learned_optim.meta.tasks.images import image_splits
+
+from . import runner
+from .runner import EVAL_EXAMPLES, CellSpec
 
 LR_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
 BASELINES = ("adam", "rmsprop", "sgd-momentum")
-DATASETS = {"mnist": "MNIST", "fashion": "FashionMNIST"}
-EVAL_EXAMPLES = 4096
 FIRST_SEED = 1000
-
-
-def make_optimizer(name: str, lr: float, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    if name == "sgd-momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    return lo.load(name, params, lr=lr)
-
-
-def dataset_of(task_name: str) -> str:
-    return DATASETS[task_name.split("-")[0]]
 
 
 def run_cell(task_name: str, optimizer: str, lr: float, seeds: int, steps: int, report: list[int]) -> dict[str, Any]:
     """Train ``seeds`` instances of the task for ``steps`` steps; losses at every step and at ``report``."""
-    task = get_task(task_name)
-    modules = [task.make_module(torch.Generator().manual_seed(FIRST_SEED + s)) for s in range(seeds)]
-    stacked_params, stacked_buffers = stack_module_state(modules)
-    params = [torch.nn.Parameter(p.detach()) for p in stacked_params.values()]
-    names = list(stacked_params)
-    template = task.template
-    images, labels = image_splits(dataset_of(task_name))["valid"]
-    flatten = task_name.split("-")[1] == "mlp"
-    eval_index = torch.randperm(len(images), generator=torch.Generator().manual_seed(7))[:EVAL_EXAMPLES]
-    eval_x, eval_y = images[eval_index], labels[eval_index]
-    if flatten:
-        eval_x = eval_x.flatten(1)
-    # One batch stream per seed: seed k's run does not depend on how many seeds run beside it.
-    batch_generators = [torch.Generator().manual_seed(FIRST_SEED + s) for s in range(seeds)]
-
-    def one_loss(param_values, buffers, x, y):
-        call_params = dict(zip(names, param_values, strict=True))
-        out = functional_call(template, {**call_params, **buffers}, (x,))
-        return torch.nn.functional.cross_entropy(out, y)
-
-    per_seed_loss = vmap(one_loss, in_dims=(0, 0, 0, 0))
-    eval_loss = vmap(one_loss, in_dims=(0, 0, None, None))
-    optimizer_instance = make_optimizer(optimizer, lr, params)
-    train_losses, reported = [], {}
-    started = time.perf_counter()
-    for step in range(1, steps + 1):
-        index = torch.stack([torch.randint(0, len(images), (128,), generator=g) for g in batch_generators])
-        x, y = images[index], labels[index]
-        if flatten:
-            x = x.flatten(2)
-        buffers = {k: v.clone() for k, v in stacked_buffers.items()}
-        losses = per_seed_loss(params, buffers, x, y)
-        optimizer_instance.zero_grad()
-        losses.sum().backward()
-        optimizer_instance.step()
-        train_losses.append(losses.detach())
-        if step in report:
-            with torch.no_grad():
-                # Evaluate with batch statistics, as training does (no running-stat mode switch).
-                buffers = {k: v.clone() for k, v in stacked_buffers.items()}
-                values = eval_loss(params, buffers, eval_x, eval_y)
-            reported[str(step)] = [float(v) for v in values]
-        if not all(torch.isfinite(p).all() for p in params):
-            break  # diverged: the remaining steps count as infinite loss
-    curve = torch.stack(train_losses)  # (steps run, seeds)
-    mean_curve = curve.mean(1).tolist() + [math.inf] * (steps - len(train_losses))
+    seed_list = tuple(range(FIRST_SEED, FIRST_SEED + seeds))
+    spec = CellSpec(task_name, optimizer, lr, seed_list, steps, tuple(report), metrics=("train_loss",))
+    cell = runner.run_cell(spec)
     return {
         "optimizer": optimizer,
         "lr": lr,
         "seeds": seeds,
         "steps": steps,
-        "seconds": time.perf_counter() - started,
-        "mean_train_loss": float(sum(mean_curve) / steps) if all(map(math.isfinite, mean_curve)) else math.inf,
-        "train_loss_curve": [round(v, 5) for v in mean_curve],
-        "eval_loss": reported,
+        "seconds": cell["seconds"],
+        "mean_train_loss": _mean(cell["train_loss_curve"]),
+        "train_loss_curve": cell["train_loss_curve"],
+        "eval_loss": {step: values["train_loss"] for step, values in cell["at"].items()},
     }
 
 

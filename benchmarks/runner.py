@@ -83,7 +83,7 @@ def _rounded(values: list[float]) -> list[float]:
 def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Train ``spec`` and return its record: per-step curves, metrics at the report steps, cost."""
     task = get_task(spec.task)
-    if task.split_data is None:
+    if getattr(task, "split_data", None) is None:
         raise ValueError(f"task {spec.task!r} has no labelled evaluation data; benchmarks need a classifier task")
     modules = [task.make_module(torch.Generator().manual_seed(seed)) for seed in spec.seeds]
     stacked_params, buffers = stack_module_state(modules)

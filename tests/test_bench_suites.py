@@ -1,0 +1,162 @@
+"""The benchmark suites end to end on a tiny budget: schema, resume, verdicts, the command line."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import report, suites
+from benchmarks.cli import main as bench_main
+from benchmarks.runner import CellSpec, run_cell
+
+TINY = {"steps": 6, "report": [3, 6], "seeds": 2, "tuning_seeds": 1}
+CELL_KEYS = {
+    "task": str,
+    "optimizer": str,
+    "lr": float,
+    "seeds": list,
+    "steps": int,
+    "report": list,
+    "metrics": list,
+    "fit_split": str,
+    "phase": str,
+    "seconds": float,
+    "step_seconds": float,
+    "state_bytes_per_run": int,
+    "parameters_per_run": int,
+    "diverged_at": list,
+    "train_loss_curve": list,
+    "smoothed_curve": dict,
+    "at": dict,
+}
+
+
+def tiny_suite(**grids):
+    suite = suites.with_overrides(suites.SUITES["quick"], **TINY)
+    return suites.Suite(suite.name, suite.description, suite.plans, grids or {"sgd": (0.3, 0.1), "adam": (0.01,)})
+
+
+def test_cnn_with_batchnorm_seeds_are_independent_runs():
+    """Running statistics are per seed: seed 1 trained beside seed 0 equals seed 1 trained alone."""
+    # A small, stable rate: batched convolutions differ from single ones in the last bits, and an
+    # unstable run would amplify that into visible differences within a few steps.
+    together = run_cell(CellSpec("mnist-cnn-bn", "sgd", 0.01, (0, 1), 3, (3,)))
+    alone = run_cell(CellSpec("mnist-cnn-bn", "sgd", 0.01, (1,), 3, (3,)))
+    for metric in ("train_loss", "test_loss", "test_accuracy"):
+        torch.testing.assert_close(together["at"]["3"][metric][1], alone["at"]["3"][metric][0], rtol=1e-5, atol=1e-5)
+    assert together["at"]["3"]["test_loss"][0] != together["at"]["3"]["test_loss"][1]
+
+
+def test_cell_spec_refuses_bad_input():
+    with pytest.raises(ValueError, match="report steps"):
+        CellSpec("mnist-mlp", "adam", 0.01, (0,), 5, (6,))
+    with pytest.raises(ValueError, match="unknown metrics"):
+        CellSpec("mnist-mlp", "adam", 0.01, (0,), 5, (5,), metrics=("accuracy",))
+    with pytest.raises(ValueError, match="classifier"):
+        run_cell(CellSpec("quadratic", "adam", 0.01, (0,), 2, (2,)))
+
+
+def test_suite_writes_schema_tables_and_plot_then_resumes_without_recomputing(tmp_path, monkeypatch):
+    suite = tiny_suite()
+    results = suite_results = suites.run_suite(suite, tmp_path, optimizers=["hamiltonian-mnist"], progress=False)
+    written = report.write_reports(results.data, tmp_path)
+    results.write()
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["schema"] == suites.SCHEMA
+    assert set(data["environment"]) == {"commit", "torch", "python", "machine", "device", "threads"}
+    assert data["learned"] == ["hamiltonian-mnist"] and data["baselines"] == ["sgd", "adam"]
+    tune = [c for c in data["cells"].values() if c["phase"] == "tune"]
+    final = [c for c in data["cells"].values() if c["phase"] == "final"]
+    assert len(tune) == 3 and {c["optimizer"] for c in final} == {"sgd", "adam", "hamiltonian-mnist"}
+    for cell in data["cells"].values():
+        for key, kind in CELL_KEYS.items():
+            assert isinstance(cell[key], kind), (key, cell[key])
+        assert len(cell["train_loss_curve"]) == TINY["steps"]
+        assert set(cell["at"]) == {"3", "6"}
+    for cell in final:
+        assert set(cell["at"]["6"]) == {"train_loss", "validation_loss", "test_loss", "test_accuracy"}
+        assert all(0 <= a <= 1 for a in cell["at"]["6"]["test_accuracy"]) and len(cell["seeds"]) == 2
+        assert cell["seeds"][0] == suites.FINAL_FIRST_SEED
+    learned = next(c for c in final if c["optimizer"] == "hamiltonian-mnist")
+    assert learned["weights_sha256"] == suites.weights_digest("hamiltonian-mnist") and learned["lr"] == 1.0
+    summary = data["summary"]["mnist-mlp"]["optimizers"]
+    assert summary["hamiltonian-mnist"]["6"]["vs_adam"] in {"better", "worse", "tie"}
+    assert summary["sgd"]["6"]["lr"] in (0.3, 0.1)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| hamiltonian-mnist |" in markdown and "train loss t=6" in markdown
+    assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(suites, "run_cell", must_not_run)
+    again = suites.run_suite(suite, tmp_path, optimizers=["hamiltonian-mnist"], progress=False)
+    assert again.cells.keys() == suite_results.cells.keys()
+    # A changed specification is not served from the cache.
+    with pytest.raises(AssertionError, match="recomputed"):
+        suites.run_suite(tiny_suite(sgd=(0.3, 0.03)), tmp_path, optimizers=[], progress=False)
+
+
+def test_changed_weights_invalidate_the_learned_cells(tmp_path, monkeypatch):
+    import learned_optim as lo
+
+    weights = tmp_path / "weights"
+    lo.RNNprop([torch.nn.Parameter(torch.zeros(1))]).save_pretrained(weights / "fresh")
+    monkeypatch.setenv("LEARNED_OPTIM_WEIGHTS", str(weights))
+    suite = tiny_suite(adam=(0.01,))
+    suites.run_suite(suite, tmp_path / "out", optimizers=["fresh"], progress=False)
+    lo.RNNprop([torch.nn.Parameter(torch.zeros(1))], seed=1).save_pretrained(weights / "fresh")
+    calls = []
+    monkeypatch.setattr(suites, "run_cell", lambda spec, **kw: calls.append(spec.optimizer) or run_cell(spec))
+    suites.run_suite(suite, tmp_path / "out", optimizers=["fresh"], progress=False)
+    assert calls == ["fresh"]
+
+
+def test_a_foreign_results_file_is_refused_and_kept(tmp_path):
+    (tmp_path / "results.json").write_text('{"schema": "something-else/9", "cells": {}}')
+    with pytest.raises(ValueError, match="schema"):
+        suites.run_suite(tiny_suite(), tmp_path, optimizers=[], progress=False)
+    assert "something-else" in (tmp_path / "results.json").read_text()
+
+
+def test_unknown_baseline_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no learning-rate grid"):
+        suites.run_suite(tiny_suite(), tmp_path, optimizers=[], baselines=["lion"], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reference", "expected"),
+    [
+        ([0.10, 0.11, 0.12], [0.30, 0.31, 0.32], "better"),
+        ([0.30, 0.31, 0.32], [0.10, 0.11, 0.12], "worse"),
+        ([0.10, 0.30, 0.20], [0.15, 0.25, 0.20], "tie"),
+        ([math.inf, 0.1, 0.1], [0.2, 0.2, 0.2], "worse"),
+        ([0.2, 0.2, 0.2], [math.inf, 0.1, 0.1], "better"),
+    ],
+)
+def test_verdict_uses_two_standard_errors(candidate, reference, expected):
+    assert report.verdict(candidate, reference) == expected
+
+
+def test_overrides_keep_the_final_step_reported():
+    suite = suites.with_overrides(suites.SUITES["mnist"], steps=1500)
+    assert suite.plans[0].report == (100, 1000, 1500)
+    suite = suites.with_overrides(suites.SUITES["transfer"], tasks=["mnist-cnn-bn", "fashion-resnet50"], seeds=1)
+    assert [p.task for p in suite.plans] == ["mnist-cnn-bn", "fashion-resnet50"]
+    assert all(p.seeds == 1 for p in suite.plans)
+
+
+def test_command_line_runs_a_suite_and_prints_its_table(tmp_path, capsys):
+    argv = ["quick", "--out", str(tmp_path), "--steps", "4", "--report", "4", "--seeds", "1", "--tuning-seeds", "1"]
+    assert bench_main([*argv, "--baselines", "adam", "--optimizers", "rnnprop-mnist", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| rnnprop-mnist | 1 |" in printed and "| adam |" in printed
+    assert json.loads((tmp_path / "results.json").read_text())["command"].startswith("learned-optim bench quick")
+
+
+def test_resnet50_parameter_set_has_resnet50_shapes():
+    from benchmarks.overhead import parameter_shapes
+
+    shapes = parameter_shapes("resnet50")
+    assert len(shapes) == 161 and sum(math.prod(s) for s in shapes) == 25_557_032
