@@ -20,7 +20,11 @@ Policies shared by all learned optimizers:
 * Memory: large tensors are processed in chunks of ``chunk_size`` coordinates, so the network's
   temporaries stay small next to its state.
 * ``state_dict()`` also carries the learned network (``theta``), so a checkpoint resumes the
-  same trajectory even in an optimizer built with other weights.
+  same trajectory even in an optimizer built with other weights. (``torch.distributed.checkpoint``
+  keeps only ``state`` and ``param_groups``: there, rebuild the optimizer from the same weights.)
+* Distributed: under DDP every rank runs the identical, deterministic step. Under FSDP2
+  (``fully_shard``), state is a DTensor sharded like its parameter and the network runs on the
+  local shard; no optimizer has a per-tensor statistic, so no communication is needed.
 """
 
 from __future__ import annotations
@@ -86,6 +90,19 @@ def validate_theta(expected: Mapping[str, Tensor], theta: Mapping[str, Tensor], 
             raise WeightsError(f"{source}: tensor {name!r} contains NaN or inf")
         cleaned[name] = tensor.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
     return cleaned
+
+
+def _is_dtensor(tensor: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (sharing its storage); any other tensor unchanged."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -195,10 +212,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
-                state.update(self.init_state(p, self.config))
+                state.update(self._init_state(p))
             state["step"] += 1
-            self._update_parameter(p, p.grad, state, group)
+            # Sharded (DTensor) parameters: the network is coordinatewise and keeps no per-tensor
+            # statistic, so each rank updates its own shard and ranks never need to communicate.
+            local_state = {k: _local(v) for k, v in state.items()}
+            self._update_parameter(_local(p), _local(p.grad), local_state, group)
         return loss
+
+    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
+        """Fresh state for ``p``; for a DTensor, sharded like ``p`` (so distributed checkpoints reshard it)."""
+        if not _is_dtensor(p):
+            return self.init_state(p, self.config)
+        from torch.distributed.tensor import DTensor, Shard
+
+        state = {}
+        for key, local in self.init_state(p.to_local(), self.config).items():
+            extra = local.dim() - p.dim()  # leading feature dimensions of a feature-major state
+            placements = [Shard(pl.dim + extra) if isinstance(pl, Shard) else pl for pl in p.placements]
+            shape = (*local.shape[:extra], *p.shape)
+            stride = torch.empty(shape, device="meta").stride()
+            state[key] = DTensor.from_local(
+                local, p.device_mesh, placements, run_check=False, shape=torch.Size(shape), stride=stride
+            )
+        return state
 
     def _update_parameter(self, p: Tensor, grad: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
         lr, weight_decay = group["lr"], group["weight_decay"]
@@ -265,7 +302,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._theta = theta
             self._theta_cache = {}
         # torch casts floating state to the parameter's dtype; restore our precision policy.
-        params = [p for group in self.param_groups for p in group["params"]]
+        # Saved ids are indices, or parameter names when torch.distributed.checkpoint loads.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = dict(zip(saved_ids, (p for group in self.param_groups for p in group["params"]), strict=True))
         for index, saved in saved_state.items():
             p = params[index]
             dtype = compute_dtype_for(p.dtype)

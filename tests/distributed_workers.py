@@ -1,0 +1,100 @@
+"""Workers for tests/test_distributed.py, launched with ``torchrun --nproc_per_node 2``.
+
+    torchrun --nproc_per_node 2 tests/distributed_workers.py ddp lstm OUT
+    torchrun --nproc_per_node 2 tests/distributed_workers.py fsdp rnnprop OUT [--resume-from CHECKPOINT]
+
+Each rank trains on its half of a global batch; rank r writes ``OUT/<mode>-<optimizer>-rank<r>.pt``
+with the full parameters after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import learned_optim as lo
+
+STEPS = 20
+GLOBAL_BATCH = 16
+
+
+def model_and_batches():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3))
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(GLOBAL_BATCH, 6, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))]
+    for _ in range(STEPS - 1):
+        batches.append(
+            (torch.randn(GLOBAL_BATCH, 6, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
+        )
+    return model, batches
+
+
+def build_optimizer(name: str, params):
+    return lo.ARCHITECTURES[name](params, seed=0)
+
+
+def full_parameters(model) -> list[torch.Tensor]:
+    return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["ddp", "fsdp"])
+    parser.add_argument("optimizer", choices=["lstm", "rnnprop", "hamiltonian"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--checkpoint-at", type=int, default=10, help="fsdp: save a distributed checkpoint here")
+    parser.add_argument("--resume-from", type=Path, help="fsdp: load this checkpoint and run the remaining steps")
+    args = parser.parse_args()
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model, batches = model_and_batches()
+    if args.mode == "ddp":
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    optimizer = build_optimizer(args.optimizer, model.parameters())
+    first = 0
+    if args.resume_from:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(state, checkpoint_id=str(args.resume_from))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        first = args.checkpoint_at
+    history = []
+    share = GLOBAL_BATCH // world
+    for step in range(first, STEPS):
+        x, y = batches[step]
+        x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        history.append(full_parameters(model))
+        if args.mode == "fsdp" and not args.resume_from and step + 1 == args.checkpoint_at:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            model_state, optimizer_state = get_state_dict(model, optimizer)
+            dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(args.out / "checkpoint"))
+    suffix = "-resumed" if args.resume_from else ""
+    torch.save(history, args.out / f"{args.mode}-{args.optimizer}{suffix}-rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

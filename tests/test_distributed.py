@@ -1,0 +1,77 @@
+"""Learned optimizers under torch.distributed: 2 processes on the gloo backend, launched by torchrun.
+
+Tolerances: ranks must agree bit for bit; against one process on the whole batch, gradients are
+averaged in another order (all-reduce or reduce-scatter), so parameters agree to 1e-5 after 20 steps.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from distributed_workers import STEPS, build_optimizer, model_and_batches
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not dist.is_available() or shutil.which("torchrun") is None, reason="needs torch.distributed"),
+]
+WORKERS = Path(__file__).with_name("distributed_workers.py")
+
+
+def launch(*args: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKERS), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def single_process_history(name: str) -> list[list[torch.Tensor]]:
+    model, batches = model_and_batches()
+    optimizer = build_optimizer(name, model.parameters())
+    history = []
+    for x, y in batches:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        history.append([p.detach().clone() for p in model.parameters()])
+    return history
+
+
+def load(path: Path) -> list[list[torch.Tensor]]:
+    return torch.load(path, weights_only=True)
+
+
+def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        if exact:
+            assert torch.equal(x, y)
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rnnprop", "lstm"])
+def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
+    launch("ddp", name, tmp_path)
+    rank0, rank1 = load(tmp_path / f"ddp-{name}-rank0.pt"), load(tmp_path / f"ddp-{name}-rank1.pt")
+    reference = single_process_history(name)
+    assert len(rank0) == STEPS
+    assert_same(rank0[-1], rank1[-1], exact=True)
+    assert_same(rank0[-1], reference[-1], exact=False)
+    assert not torch.equal(reference[-1][0], model_and_batches()[0][0].weight)  # it did train
+
+
+@pytest.mark.parametrize("name", ["rnnprop", "lstm"])
+def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp_path, name):
+    launch("fsdp", name, tmp_path, "--checkpoint-at", 10)
+    history = load(tmp_path / f"fsdp-{name}-rank0.pt")
+    assert_same(history[-1], load(tmp_path / f"fsdp-{name}-rank1.pt")[-1], exact=True)
+    assert_same(history[-1], single_process_history(name)[-1], exact=False)
+    # Fresh processes load the step-10 checkpoint and redo steps 11-20: the same trajectory.
+    launch("fsdp", name, tmp_path, "--checkpoint-at", 10, "--resume-from", tmp_path / "checkpoint")
+    resumed = load(tmp_path / f"fsdp-{name}-resumed-rank0.pt")
+    assert len(resumed) == STEPS - 10
+    for original, again in zip(history[10:], resumed, strict=True):
+        assert_same(original, again, exact=True)
