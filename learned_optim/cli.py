@@ -44,10 +44,19 @@ def _meta_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = MetaTrainConfig.from_file(args.config)
+    if args.distributed:
+        from learned_optim.meta import distributed
+
+        distributed.init_from_environment()
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     trainer = MetaTrainer(config, run_dir, data_root=args.data_root)
     result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
+    if args.distributed and distributed.rank() != 0:
+        return 0  # rank 0 exports the weights
     command = f"learned-optim meta-train {args.config}" + (f" --threads {args.threads}" if args.threads else "")
+    if args.distributed:
+        command = f"torchrun --nproc_per_node {distributed.world_size()} -m learned_optim" + command[13:]
+        command += " --distributed"
     out = export_weights(trainer, result, args.out or run_dir / "weights", command)
     print(f"weights written to {out} (best meta-validation loss {min(result.progress.best_valid, 1e9):.4f})")
     return 0
@@ -93,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--data-root", help="dataset folder (default: $LEARNED_OPTIM_DATA or ~/.cache)")
     meta.add_argument("--threads", type=int, help="torch CPU threads (results depend on it; the recipe records it)")
     meta.add_argument("--no-progress", action="store_true", help="no progress bar")
+    meta.add_argument(
+        "--distributed", action="store_true", help="multi-process meta-training under torchrun (one task per rank)"
+    )
     meta.set_defaults(handler=_meta_train)
 
     diagnose = commands.add_parser("diagnose", help="symmetry (conservation-law) report for several optimizers")

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 tests/distributed_workers.py ddp lstm OUT
     torchrun --nproc_per_node 2 tests/distributed_workers.py fsdp rnnprop OUT [--resume-from CHECKPOINT]
+    torchrun --nproc_per_node 2 tests/distributed_workers.py meta lstm OUT
 
 Each rank trains on its half of a global batch; rank r writes ``OUT/<mode>-<optimizer>-rank<r>.pt``
 with the full parameters after every step.
@@ -26,12 +27,27 @@ def model_and_batches():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3))
     generator = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(GLOBAL_BATCH, 6, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))]
-    for _ in range(STEPS - 1):
-        batches.append(
-            (torch.randn(GLOBAL_BATCH, 6, generator=generator), torch.randn(GLOBAL_BATCH, 3, generator=generator))
-        )
+    batches = []
+    for _ in range(STEPS):
+        x = torch.randn(GLOBAL_BATCH, 6, generator=generator)
+        batches.append((x, torch.randn(GLOBAL_BATCH, 3, generator=generator)))
     return model, batches
+
+
+def unroll_gradient(name: str, seed: int, run_dir: Path) -> dict[str, torch.Tensor]:
+    """The meta-gradient of one 5-step unroll on the quadratic task instance drawn from ``seed``."""
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+    from learned_optim.meta.unroll import meta_loss, start, unroll
+
+    config = MetaTrainConfig(architecture=name, task="quadratic", horizons=[10], unroll=5, inner_lr=0.1)
+    trainer = MetaTrainer(config, run_dir)
+    generator = torch.Generator().manual_seed(seed)
+    inner = start(trainer.architecture, trainer.optimizer_config, trainer.task, generator)
+    losses, _ = unroll(
+        trainer.architecture, trainer.theta, trainer.optimizer_config, trainer.task, inner, generator, 5, lr=0.1
+    )
+    assert trainer.meta_gradient(meta_loss(losses, config.weighting))
+    return {k: v.grad.clone() for k, v in trainer.theta.items()}
 
 
 def build_optimizer(name: str, params):
@@ -44,7 +60,7 @@ def full_parameters(model) -> list[torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ddp", "fsdp"])
+    parser.add_argument("mode", choices=["ddp", "fsdp", "meta"])
     parser.add_argument("optimizer", choices=["lstm", "rnnprop", "hamiltonian"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--checkpoint-at", type=int, default=10, help="fsdp: save a distributed checkpoint here")
@@ -52,6 +68,11 @@ def main() -> None:
     args = parser.parse_args()
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if args.mode == "meta":  # rank r unrolls the task instance of seed 100 + r
+        gradient = unroll_gradient(args.optimizer, 100 + rank, args.out / f"run{rank}")
+        torch.save(gradient, args.out / f"meta-{args.optimizer}-rank{rank}.pt")
+        dist.destroy_process_group()
+        return
     model, batches = model_and_batches()
     if args.mode == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_workers import STEPS, build_optimizer, model_and_batches
+from distributed_workers import STEPS, build_optimizer, model_and_batches, unroll_gradient
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,3 +75,37 @@ def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp
     assert len(resumed) == STEPS - 10
     for original, again in zip(history[10:], resumed, strict=True):
         assert_same(original, again, exact=True)
+
+
+@pytest.mark.parametrize("name", ["lstm", "rnnprop"])
+def test_two_process_meta_gradient_is_the_mean_of_the_single_process_gradients(tmp_path, name):
+    launch("meta", name, tmp_path)
+    rank0 = torch.load(tmp_path / f"meta-{name}-rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / f"meta-{name}-rank1.pt", weights_only=True)
+    first, second = unroll_gradient(name, 100, tmp_path / "a"), unroll_gradient(name, 101, tmp_path / "b")
+    assert rank0.keys() == first.keys()
+    for key in first:
+        assert torch.equal(rank0[key], rank1[key])
+        torch.testing.assert_close(rank0[key], (first[key] + second[key]) / 2, rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(first[k], second[k]) for k in first)  # the two tasks differ
+
+
+def test_distributed_meta_training_from_the_command_line_writes_weights_and_resumes(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(
+        '{"architecture": "rnnprop", "task": "quadratic", "horizons": [10], "unroll": 5, "meta_epochs": 2, '
+        '"trajectories_per_epoch": 4, "validation_trajectories": 2, "inner_lr": 0.1}'
+    )
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "learned_optim"]
+    args = ["meta-train", str(config), "--run-dir", str(tmp_path / "run"), "--distributed", "--no-progress"]
+    result = subprocess.run([*run, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = tmp_path / "run" / "weights"
+    recipe = (weights / "config.json").read_text()
+    assert "torchrun --nproc_per_node 2 -m learned_optim meta-train" in recipe
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # two epochs of 4 trajectories, 2 per meta-step
+    first = (weights / "model.safetensors").read_bytes()
+    again = subprocess.run([*run, *args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (weights / "model.safetensors").read_bytes() == first  # finished run: resume changes nothing

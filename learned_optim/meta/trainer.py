@@ -14,6 +14,10 @@ Adam), ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017), and
 Everything needed to continue is checkpointed atomically after every trajectory (φ, the outer
 Adam, the random generator, the curriculum position): a run killed at any moment resumes with
 ``resume=True`` and ends with the same weights as an uninterrupted run.
+
+Launched by ``torchrun`` with ``--distributed``, each rank unrolls its own task instances and the
+meta-gradients are averaged (``learned_optim.meta.distributed``); a meta-step then covers one
+trajectory per rank.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from tqdm.auto import tqdm
 
 from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
-from learned_optim.meta import imitation
+from learned_optim.meta import distributed, imitation
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
@@ -150,18 +154,25 @@ class MetaTrainer:
 
     # -- one trajectory -------------------------------------------------------------------------
 
-    def _meta_step(self, loss: Tensor) -> None:
-        if not torch.isfinite(loss):
-            self.progress.skipped_steps += 1  # keep φ: one diverged optimizee must not poison it
-            return
+    def meta_gradient(self, loss: Tensor) -> bool:
+        """Set φ's gradient to ∂loss/∂φ averaged over ranks; False (no gradient) if any rank's loss is not finite."""
         self.meta_optimizer.zero_grad()
+        if not distributed.all_finite(loss.detach()):
+            self.progress.skipped_steps += 1  # keep φ: one diverged optimizee must not poison it
+            return False
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
-        self.meta_optimizer.step()
+        distributed.average_gradients(self.theta.values())
+        return True
+
+    def _meta_step(self, loss: Tensor) -> None:
+        if self.meta_gradient(loss):
+            torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
+            self.meta_optimizer.step()
 
     def meta_trajectory(self, horizon: int) -> float:
         config = self.config
-        inner = start(self.architecture, self.optimizer_config, self.task, self.generator)
+        generator = distributed.rank_generator(self.generator)
+        inner = start(self.architecture, self.optimizer_config, self.task, generator)
         total = 0.0
         for _ in range(horizon // config.unroll):
             losses, inner = unroll(
@@ -170,7 +181,7 @@ class MetaTrainer:
                 self.optimizer_config,
                 self.task,
                 inner,
-                self.generator,
+                generator,
                 config.unroll,
                 lr=config.inner_lr,
                 second_order=config.second_order,
@@ -187,7 +198,7 @@ class MetaTrainer:
             self.theta,
             self.optimizer_config,
             self.task,
-            self.generator,
+            distributed.rank_generator(self.generator),
             teacher=self.config.imitation_teacher,
             teacher_lr=self.config.imitation_lr,
             horizon=horizon,
@@ -239,7 +250,7 @@ class MetaTrainer:
             total=total_epochs * config.trajectories_per_epoch,
             initial=progress.epoch * config.trajectories_per_epoch + progress.trajectory,
             desc=f"meta-train {config.architecture} on {config.task}",
-            disable=not progress_bar,
+            disable=not progress_bar or distributed.rank() != 0,
             unit="traj",
         )
         while progress.epoch < total_epochs:
@@ -248,11 +259,11 @@ class MetaTrainer:
             while progress.trajectory < config.trajectories_per_epoch:
                 started = time.perf_counter()
                 run_one = self.imitation_trajectory if imitating else self.meta_trajectory
-                progress.epoch_losses.append(run_one(horizon))
-                progress.trajectory += 1
+                progress.epoch_losses.append(distributed.mean_over_ranks(run_one(horizon)))
+                progress.trajectory += distributed.world_size()  # one trajectory per rank
+                bar.update(distributed.world_size())
                 progress.seconds += time.perf_counter() - started
                 self.save_checkpoint()
-                bar.update(1)
             self._end_epoch(imitating, horizon)
             bar.set_postfix(valid=f"{progress.history[-1]['valid_loss']:.4f}", horizon=horizon)
         bar.close()
@@ -296,12 +307,15 @@ class MetaTrainer:
         progress.trajectory = 0
         progress.epoch_losses = []
         self.save_checkpoint()
-        with open(self.run_dir / METRICS_NAME, "w", encoding="utf-8") as metrics:
-            metrics.writelines(json.dumps(row) + "\n" for row in progress.history)
+        if distributed.rank() == 0:
+            with open(self.run_dir / METRICS_NAME, "w", encoding="utf-8") as metrics:
+                metrics.writelines(json.dumps(row) + "\n" for row in progress.history)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
+        if distributed.rank() != 0:
+            return  # φ, the outer Adam and the shared generator are the same on every rank
         tensors = {f"theta.{k}": v.detach().clone() for k, v in self.theta.items()}
         tensors.update({f"best_theta.{k}": v.clone() for k, v in self.best_theta.items()})
         meta_state = self.meta_optimizer.state_dict()
@@ -346,7 +360,7 @@ class MetaTrainer:
     def write_plot(self) -> Path | None:
         """``training.png``: training and validation loss per epoch, curriculum changes marked."""
         history = self.progress.history
-        if not history:
+        if not history or distributed.rank() != 0:
             return None
         import matplotlib
 
