@@ -70,8 +70,8 @@ SUITES: dict[str, Suite] = {
         Suite("quick", "a few minutes: mnist-mlp, 3 seeds, 300 steps", (_mlp("mnist-mlp", 300, (100, 300), 3, 2),)),
         Suite(
             "mnist",
-            "the classic task: mnist-mlp (784-20-10 sigmoid), 10 seeds, 10000 steps",
-            (_mlp("mnist-mlp", 10000, (100, 1000, 2000, 10000), 10, 2),),
+            "the classic task: mnist-mlp (784-20-10 sigmoid), 5 seeds, 10000 steps",
+            (_mlp("mnist-mlp", 10000, (100, 1000, 2000, 10000), 5, 2),),
         ),
         Suite(
             "transfer",
