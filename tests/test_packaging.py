@@ -24,7 +24,8 @@ def _declared_packages():
 
 def test_every_package_is_declared_in_setup_cfg():
     found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "learned_optim").rglob("__init__.py")}
-    assert found | {"learned_optim.pretrained"} == _declared_packages()
+    # Mapped from top-level folders: weights/ and benchmarks/ (for `learned-optim bench`).
+    assert found | {"learned_optim.pretrained", "learned_optim.benchmarks"} == _declared_packages()
 
 
 def test_console_script_is_declared():
@@ -49,6 +50,7 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "learned_optim/pretrained/wheel-test/model.safetensors" in names
     assert "learned_optim/meta/tasks/data.py" in names
+    assert "learned_optim/benchmarks/cli.py" in names and not any("benchmarks/results" in n for n in names)
 
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", tmp_path / "site", wheel], check=True
@@ -61,3 +63,7 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
     )
     location, names_listed = out.stdout.splitlines()
     assert location.startswith(str(tmp_path / "site")) and "'wheel-test'" in names_listed
+    bench_help = subprocess.run(
+        [sys.executable, "-m", "learned_optim", "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert bench_help.returncode == 0 and "quick" in bench_help.stdout, bench_help.stderr
