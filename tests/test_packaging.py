@@ -64,6 +64,10 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
     location, names_listed = out.stdout.splitlines()
     assert location.startswith(str(tmp_path / "site")) and "'wheel-test'" in names_listed
     bench_help = subprocess.run(
-        [sys.executable, "-m", "learned_optim", "bench", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "learned_optim", "bench", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert bench_help.returncode == 0 and "quick" in bench_help.stdout, bench_help.stderr
