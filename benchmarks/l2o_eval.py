@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 import learned_optim as lo
+from learned_optim.meta.export import git_commit
 
 from . import runner
+from .report import mean
 from .runner import EVAL_EXAMPLES, CellSpec
 
 LR_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
@@ -53,7 +54,7 @@ def run_cell(task_name: str, optimizer: str, lr: float, seeds: int, steps: int, 
         "seeds": seeds,
         "steps": steps,
         "seconds": cell["seconds"],
-        "mean_train_loss": _mean(cell["train_loss_curve"]),
+        "mean_train_loss": mean(cell["train_loss_curve"]),
         "train_loss_curve": cell["train_loss_curve"],
         "eval_loss": {step: values["train_loss"] for step, values in cell["at"].items()},
     }
@@ -103,9 +104,7 @@ def main() -> None:
         cells[key] = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
         results["meta"] = {
             "task": args.task,
-            "commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip(),
+            "commit": git_commit(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.platform(),
@@ -203,14 +202,10 @@ def table(results: dict[str, Any], args: argparse.Namespace, report: list[int]) 
     if adam:  # the hardest baseline: Adam's lowest reported loss over every rate of the grid
         values = []
         for r in report:
-            cell = min(adam, key=lambda c, r=r: _mean(c["eval_loss"].get(str(r), [math.inf])))
+            cell = min(adam, key=lambda c, r=r: mean(c["eval_loss"].get(str(r), [math.inf])))
             values.append(f"{summarize(cell['eval_loss'].get(str(r), [math.inf]))} ({cell['lr']:g})")
         lines.append(f"| adam, oracle lr per t | {' | '.join(values)} | |")
     return "\n".join(lines)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if all(map(math.isfinite, values)) else math.inf
 
 
 if __name__ == "__main__":

@@ -45,10 +45,8 @@ def _final_cell(cells: dict[str, Any], task: str, optimizer: str, lr: float) -> 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     """``{task: {optimizer: {step: figures}}}`` for every finished final run, plus verdicts vs Adam."""
-    from .suites import Results, TaskPlan, chosen_rates
+    from .suites import TaskPlan, chosen_rates
 
-    results = Results.__new__(Results)
-    results.cells = data["cells"]
     summary: dict[str, Any] = {}
     for plan_fields in data["plans"]:
         plan = TaskPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_fields.items()})
@@ -57,7 +55,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         for baseline in data["baselines"]:
             grid = tuple(data["grids"][baseline])
             try:
-                rates = chosen_rates(results, plan, baseline, grid)
+                rates = chosen_rates(data["cells"], plan, baseline, grid)
             except ValueError:  # no tuning cell finished yet
                 continue
             candidates.append((baseline, rates, True))
@@ -127,13 +125,10 @@ def task_table(task: str, entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verdict_table(summary: dict[str, Any]) -> str:
+def verdict_table(summary: dict[str, Any], learned: list[str]) -> str:
     """Rows: learned optimizers; columns: task at each reported step; cells: the verdict vs tuned Adam."""
     columns = [(task, step) for task, entry in summary.items() for step in map(str, entry["plan"]["report"])]
-    learned = sorted(
-        {n for e in summary.values() for n, f in e["optimizers"].items() if "vs_adam" in next(iter(f.values()), {})}
-    )
-    learned = [n for n in learned if n not in ("sgd", "sgd-momentum")]
+    learned = [n for n in sorted(learned) if any(n in entry["optimizers"] for entry in summary.values())]
     lines = [
         "| learned optimizer | " + " | ".join(f"{task} t={step}" for task, step in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -163,7 +158,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         "## Learned optimizers against tuned Adam (training loss at step t; better/worse = beyond two standard errors)",
         "",
-        verdict_table(summary),
+        verdict_table(summary, data["learned"]),
         "",
         "## Per task",
         "",

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from learned_optim.meta.export import git_commit
+
 from .runner import CellSpec, run_cell
 
 SCHEMA = "learned_optim.bench.results/1"
@@ -110,10 +112,13 @@ def weights_digest(name: str) -> str:
 
 
 def environment(device: str) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    commit = git_commit()
+    if commit != "unknown":
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        if subprocess.run(status, capture_output=True, text=True).stdout.strip():
+            commit += "+dirty"
     return {
-        "commit": (commit.stdout.strip() or "unknown") + ("+dirty" if dirty.stdout.strip() else ""),
+        "commit": commit,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
@@ -157,19 +162,19 @@ def _seeds(first: int, count: int) -> tuple[int, ...]:
     return tuple(range(first, first + count))
 
 
-def chosen_rates(results: Results, plan: TaskPlan, baseline: str, grid: tuple[float, ...]) -> dict[int, float]:
+def chosen_rates(cells: dict[str, Any], plan: TaskPlan, baseline: str, grid: tuple[float, ...]) -> dict[int, float]:
     """``{reported step: the rate with the lowest mean validation loss there}`` from the tuning cells."""
     from .report import mean
 
-    cells = [
-        results.cells[k]
-        for k in results.cells
-        if k.startswith(f"tune/{plan.task}/{baseline}@")
-        and results.cells[k]["lr"] in grid
-        and results.cells[k]["steps"] == plan.steps
-        and len(results.cells[k]["seeds"]) == plan.tuning_seeds
+    tuned = [
+        cell
+        for key, cell in cells.items()
+        if key.startswith(f"tune/{plan.task}/{baseline}@")
+        and cell["lr"] in grid
+        and cell["steps"] == plan.steps
+        and len(cell["seeds"]) == plan.tuning_seeds
     ]
-    return {r: min(cells, key=lambda c, r=r: mean(c["at"][str(r)]["validation_loss"]))["lr"] for r in plan.report}
+    return {r: min(tuned, key=lambda c, r=r: mean(c["at"][str(r)]["validation_loss"]))["lr"] for r in plan.report}
 
 
 def run_suite(
@@ -203,8 +208,8 @@ def run_suite(
         baselines=baselines,
     )
     tuning = [
-        (plan, CellSpec(plan.task, b, lr, _seeds(TUNING_FIRST_SEED, plan.tuning_seeds), plan.steps, plan.report,
-                        metrics=("validation_loss",)))
+        CellSpec(plan.task, b, lr, _seeds(TUNING_FIRST_SEED, plan.tuning_seeds), plan.steps, plan.report,
+                 metrics=("validation_loss",))
         for plan in suite.plans
         for b in baselines
         for lr in suite.grids[b]
@@ -223,13 +228,13 @@ def run_suite(
             results.write()
         bar.update()
 
-    for _, spec in tuning:
+    for spec in tuning:
         run("tune", spec)
     finals = []
     for plan in suite.plans:
         seeds = _seeds(FINAL_FIRST_SEED, plan.seeds)
         for b in baselines:
-            for lr in sorted(set(chosen_rates(results, plan, b, suite.grids[b]).values()), reverse=True):
+            for lr in sorted(set(chosen_rates(results.cells, plan, b, suite.grids[b]).values()), reverse=True):
                 finals.append((CellSpec(plan.task, b, lr, seeds, plan.steps, plan.report), None))
         finals += [(CellSpec(plan.task, name, 1.0, seeds, plan.steps, plan.report), digests[name]) for name in learned]
     bar.total = len(tuning) + len(finals)

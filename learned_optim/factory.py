@@ -27,10 +27,6 @@ HAND_DESIGNED: dict[str, Callable[..., torch.optim.Optimizer]] = {
 DEFAULT_LR = {"sgd": 0.1, "sgd-momentum": 0.01, "sgd-wd": 0.1, "adam": 1e-3, "adam-foreach": 1e-3, "rmsprop": 1e-3}
 
 
-def is_hand_designed(name: str) -> bool:
-    return name.partition("@")[0] in HAND_DESIGNED
-
-
 def make_optimizer(spec: str, params: Iterable[Any], lr: float | None = None) -> torch.optim.Optimizer:
     """The optimizer named by ``spec`` (``name`` or ``name@lr``) over ``params``.
 

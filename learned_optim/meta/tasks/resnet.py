@@ -37,14 +37,14 @@ def resnet50_task(name: str, dataset: str, batch_size: int = 64, root: str | Non
 
         return torchvision.models.resnet50(num_classes=10)
 
-    def sample(generator: torch.Generator, split: str) -> tuple[Tensor, Tensor]:
-        images, labels = splits_32x32(dataset, root)[split]
-        index = torch.randint(0, len(images), (batch_size,), generator=generator)
-        return _three_channels(images[index]), labels[index]
-
     def split_data(split: str) -> tuple[Tensor, Tensor]:
         images, labels = splits_32x32(dataset, root)[split]
         return _three_channels(images), labels
+
+    def sample(generator: torch.Generator, split: str) -> tuple[Tensor, Tensor]:
+        images, labels = split_data(split)
+        index = torch.randint(0, len(images), (batch_size,), generator=generator)
+        return images[index], labels[index]
 
     return ModuleTask(
         name=name,
