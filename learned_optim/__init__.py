@@ -23,6 +23,8 @@ from learned_optim.optimizers import (
     LSTMOptimizer,
     RNNprop,
     RNNpropConfig,
+    Symbolic,
+    SymbolicConfig,
 )
 
 __version__ = "0.1.0"
@@ -37,6 +39,8 @@ __all__ = [
     "Pretrained",
     "RNNprop",
     "RNNpropConfig",
+    "Symbolic",
+    "SymbolicConfig",
     "UnknownArchitectureError",
     "WeightsError",
     "WeightsNotFoundError",

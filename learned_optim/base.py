@@ -62,7 +62,10 @@ def config_from_dict(config_class: type, values: Mapping[str, Any], source: str)
         if type(value) is not expected:
             raise WeightsError(f"{source}: {config_class.__name__}.{name} must be {expected.__name__}, got {value!r}")
         cleaned[name] = value
-    return config_class(**cleaned)
+    try:
+        return config_class(**cleaned)
+    except ValueError as error:  # a config's own validation, e.g. a malformed symbolic rule
+        raise WeightsError(f"{source}: {error}") from None
 
 
 def validate_theta(expected: Mapping[str, Tensor], theta: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:

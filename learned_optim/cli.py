@@ -61,6 +61,67 @@ def _meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    import torch
+
+    from learned_optim.meta import distill, distill_export
+    from learned_optim.meta.regression import DEFAULT_OPERATORS, SearchSettings, get_backend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    teacher = hub.from_pretrained(args.teacher)
+    betas = {
+        b: getattr(teacher.config, b, 0.95) if getattr(args, b) is None else getattr(args, b)
+        for b in ("beta1", "beta2")
+    }
+    spec = {
+        "task": args.task,
+        "trajectories": args.trajectories,
+        "steps": args.steps,
+        "coordinates_per_tensor": args.coordinates,
+        "seed": args.seed,
+        **betas,
+    }
+    work = Path(args.work_dir or Path("runs") / f"distill-{Path(args.teacher).name}")
+    work.mkdir(parents=True, exist_ok=True)
+    cached = work / "dataset.safetensors"
+    dataset = distill.Dataset.load(cached) if cached.exists() else None
+    if dataset is None or any(dataset.metadata.get(k) != v for k, v in {**spec, "teacher": args.teacher}.items()):
+        dataset = distill.record(teacher, data_root=args.data_root, progress_bar=not args.no_progress, **spec)
+        dataset.metadata["teacher"] = args.teacher
+        dataset.save(cached)
+    else:
+        print(f"reusing the recorded dataset {cached}")
+    operators = tuple(args.operators.split(",")) if args.operators else DEFAULT_OPERATORS
+    settings = SearchSettings(
+        operators=operators,
+        max_length=args.max_length,
+        time_limit=args.time_limit,
+        seed=args.seed,
+        threads=torch.get_num_threads(),
+    )
+    inputs = args.inputs.split(",")
+    result = distill.fit(dataset, inputs, get_backend(args.backend), settings, heldout_fraction=args.heldout)
+    command = (
+        "learned-optim distill " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["distill"] else "learned-optim distill"
+    )
+    recipe = {
+        "command": command,
+        "teacher": args.teacher,
+        "inputs": inputs,
+        "backend": args.backend,
+        "search": {"operators": list(operators), "max_length": args.max_length, "time_limit": args.time_limit},
+        "heldout_fraction": args.heldout,
+        "seed": args.seed,
+        "threads": torch.get_num_threads(),
+    }
+    out = distill_export.export(result, dataset, args.out or work / "weights", teacher=args.teacher, recipe=recipe)
+    chosen = result.chosen
+    print(f"rule: d = {chosen.rule.infix()}")
+    print(f"held-out R² {chosen.heldout_r2:.4f} (train {chosen.train_r2:.4f}), size {chosen.size}; written to {out}")
+    return 0
+
+
 def _diagnose(args: argparse.Namespace) -> int:
     from learned_optim.diagnostics.report import diagnose, write_report
 
@@ -105,6 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed", action="store_true", help="multi-process meta-training under torchrun (one task per rank)"
     )
     meta.set_defaults(handler=_meta_train)
+
+    distill = commands.add_parser("distill", help="distill a learned optimizer into a closed-form rule")
+    distill.add_argument("teacher", help="weights name or directory, e.g. rnnprop-mnist")
+    distill.add_argument("--task", default="mnist-mlp", help="task the teacher is recorded on")
+    distill.add_argument("--inputs", default="m_tilde,g_tilde", help="comma-separated rule inputs (see lo.Symbolic)")
+    distill.add_argument(
+        "--operators", help="comma-separated operators (default: add,sub,mul,div,square,tanh,sinh,abs)"
+    )
+    distill.add_argument("--out", help="weights directory to write (default: <work-dir>/weights)")
+    distill.add_argument("--work-dir", help="dataset cache folder (default: runs/distill-<teacher>)")
+    distill.add_argument("--trajectories", type=int, default=8, help="task instances recorded")
+    distill.add_argument("--steps", type=int, default=300, help="steps recorded per trajectory")
+    distill.add_argument("--coordinates", type=int, default=16, help="coordinates sampled per tensor per step")
+    distill.add_argument("--heldout", type=float, default=0.25, help="fraction of trajectories held out for R²")
+    distill.add_argument("--beta1", type=float, help="input moments' decay (default: the teacher's, else 0.95)")
+    distill.add_argument("--beta2", type=float, help="input moments' decay (default: the teacher's, else 0.95)")
+    distill.add_argument("--backend", default="operon", help="symbolic-regression engine")
+    distill.add_argument("--time-limit", type=int, default=120, help="seconds of search")
+    distill.add_argument("--max-length", type=int, default=25, help="largest rule size the search considers")
+    distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--threads", type=int, help="torch and search threads")
+    distill.add_argument("--data-root", help="dataset folder (default: $LEARNED_OPTIM_DATA or ~/.cache)")
+    distill.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distill.set_defaults(handler=_distill)
 
     diagnose = commands.add_parser("diagnose", help="symmetry (conservation-law) report for several optimizers")
     diagnose.add_argument("--task", default="mnist-mlp-relu", help="task name, e.g. mnist-mlp-relu, mnist-cnn-bn")

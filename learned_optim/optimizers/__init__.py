@@ -7,9 +7,10 @@ from learned_optim.errors import UnknownArchitectureError
 from learned_optim.optimizers.hamiltonian import Hamiltonian, HamiltonianConfig
 from learned_optim.optimizers.lstm import LSTMConfig, LSTMOptimizer
 from learned_optim.optimizers.rnnprop import RNNprop, RNNpropConfig
+from learned_optim.optimizers.symbolic import BUILTIN_RULES, Symbolic, SymbolicConfig
 
 ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {
-    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian)
+    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian, Symbolic)
 }
 
 
@@ -26,11 +27,14 @@ def get_architecture(name: str, source: str = "config") -> type[LearnedOptimizer
 
 __all__ = [
     "ARCHITECTURES",
+    "BUILTIN_RULES",
     "Hamiltonian",
     "HamiltonianConfig",
     "LSTMConfig",
     "LSTMOptimizer",
     "RNNprop",
     "RNNpropConfig",
+    "Symbolic",
+    "SymbolicConfig",
     "get_architecture",
 ]

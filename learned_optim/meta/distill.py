@@ -1,0 +1,247 @@
+"""Symbolic distillation (Zheng et al. 2022): record a trained optimizer, fit closed-form rules, pick one.
+
+1. ``record``: run the teacher (its pure ``update``, as at runtime) on task instances and log, for
+   coordinates sampled from every parameter tensor at every step, all symbolic inputs
+   (``learned_optim.optimizers.symbolic.INPUTS``, computed by the same code the ``Symbolic``
+   optimizer runs) and the teacher's direction d_t. Saved as a versioned safetensors dataset.
+2. ``fit``: a regression backend returns a Pareto front of rules (size against error) over the
+   chosen inputs; every candidate is scored by R² on held-out trajectories (never seen by the fit).
+3. ``select``: the smallest rule within ``tolerance`` of the best held-out R², simplified by sympy
+   when that keeps its predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from learned_optim.expression import Rule
+from learned_optim.hub import Pretrained
+from learned_optim.meta import sympy_rules
+from learned_optim.meta.regression import RegressionBackend, SearchSettings
+from learned_optim.meta.tasks import get_task
+from learned_optim.meta.unroll import apply_direction, flat_gradient, start
+from learned_optim.optimizers import get_architecture
+from learned_optim.optimizers.symbolic import ACCUMULATORS, INPUTS, SymbolicConfig, advance
+
+DATASET_FORMAT = "learned_optim-distill-dataset-1"
+
+
+@dataclass
+class Dataset:
+    """Recorded (inputs → teacher direction) rows; ``columns`` name the columns of ``inputs``."""
+
+    columns: list[str]
+    inputs: Tensor  # (rows, columns), float64
+    target: Tensor  # (rows,), the teacher's direction d_t
+    trajectory: Tensor  # (rows,), which task instance a row comes from
+    step: Tensor  # (rows,), 1-based step
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def column(self, name: str) -> Tensor:
+        return self.inputs[:, self.columns.index(name)]
+
+    def heldout_mask(self, fraction: float) -> Tensor:
+        """Rows of the last ``fraction`` of trajectories: whole trajectories, so held-out rows are unseen."""
+        trajectories = int(self.trajectory.max()) + 1
+        first_heldout = trajectories - max(1, math.ceil(fraction * trajectories))
+        if first_heldout < 1:
+            raise ValueError(f"held-out fraction {fraction} leaves no training trajectory of {trajectories}")
+        return self.trajectory >= first_heldout
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"inputs": self.inputs, "target": self.target, "trajectory": self.trajectory, "step": self.step}
+        metadata = {
+            "format": DATASET_FORMAT,
+            "columns": json.dumps(self.columns),
+            "metadata": json.dumps(self.metadata),
+        }
+        safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dataset:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            if header.get("format") != DATASET_FORMAT:
+                raise ValueError(f"{path}: not a {DATASET_FORMAT} file (format {header.get('format')!r})")
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - safe_open has no iterator
+        return cls(
+            json.loads(header["columns"]),
+            tensors["inputs"],
+            tensors["target"],
+            tensors["trajectory"],
+            tensors["step"],
+            json.loads(header["metadata"]),
+        )
+
+
+def record(
+    teacher: Pretrained,
+    task_name: str = "mnist-mlp",
+    *,
+    trajectories: int = 10,
+    steps: int = 200,
+    coordinates_per_tensor: int = 16,
+    seed: int = 0,
+    beta1: float = 0.95,
+    beta2: float = 0.95,
+    eps: float = 1e-8,
+    data_root: str | None = None,
+    progress_bar: bool = True,
+) -> Dataset:
+    """Run ``teacher`` on ``trajectories`` fresh instances of the task for ``steps`` steps and record."""
+    architecture = get_architecture(teacher.architecture)
+    task = get_task(task_name, data_root)
+    feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
+    names = list(INPUTS)
+    generator = torch.Generator().manual_seed(seed)
+    rows: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
+    bar = tqdm(
+        total=trajectories * steps, desc=f"record {teacher.architecture} on {task_name}", disable=not progress_bar
+    )
+    for trajectory in range(trajectories):
+        inner = start(architecture, teacher.config, task, generator)
+        params, opt_state = inner.params, inner.opt_state
+        sizes = [params[name].numel() for name in task.parameter_names]
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        accumulators = {name: torch.zeros(sum(sizes)) for name in ACCUMULATORS}
+        for step in range(1, steps + 1):
+            params = {k: v.detach().requires_grad_(k in task.parameter_names) for k, v in params.items()}
+            loss = task.loss(params, task.sample(generator, "train"))
+            grad = flat_gradient(task, loss, params)
+            with torch.no_grad():
+                direction, opt_state = architecture.update(
+                    teacher.theta, grad, opt_state, torch.tensor(float(step)), teacher.config
+                )
+                inputs, accumulators = advance(grad, accumulators, step, feature_config, tuple(names))
+                index = torch.cat(
+                    [
+                        offset + torch.randperm(size, generator=generator)[:coordinates_per_tensor]
+                        for offset, size in zip(offsets, sizes, strict=True)
+                    ]
+                )
+                rows["inputs"].append(torch.stack([inputs[name][index] for name in names], dim=1).double())
+                rows["target"].append(direction[index].double())
+                rows["trajectory"].append(torch.full((len(index),), trajectory))
+                rows["step"].append(torch.full((len(index),), step))
+                params = apply_direction(task, params, direction, 1.0)
+            bar.update()
+    bar.close()
+    metadata = {
+        "task": task_name,
+        "trajectories": trajectories,
+        "steps": steps,
+        "coordinates_per_tensor": coordinates_per_tensor,
+        "seed": seed,
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": eps,
+        "teacher_architecture": teacher.architecture,
+        "teacher_description": teacher.description,
+    }
+    return Dataset(names, *(torch.cat(rows[key]) for key in ("inputs", "target", "trajectory", "step")), metadata)
+
+
+def r2_score(prediction: Tensor, target: Tensor) -> float:
+    """Coefficient of determination 1 − SSE/SST (−inf for non-finite predictions)."""
+    prediction = prediction.double().broadcast_to(target.shape)
+    if not bool(torch.isfinite(prediction).all()):
+        return -math.inf
+    total = ((target - target.mean()) ** 2).sum()
+    return float(1.0 - ((prediction - target) ** 2).sum() / total)
+
+
+def predict(rule: Rule, dataset: Dataset, mask: Tensor | None = None) -> Tensor:
+    """The rule's output on the dataset's rows (all, or those in ``mask``)."""
+    inputs = dataset.inputs if mask is None else dataset.inputs[mask]
+    with torch.no_grad():
+        return rule.evaluate({name: inputs[:, dataset.columns.index(name)] for name in rule.inputs})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One rule of the Pareto front with its scores."""
+
+    rule: Rule
+    train_r2: float
+    heldout_r2: float
+
+    @property
+    def size(self) -> int:
+        return self.rule.size()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "train_r2": self.train_r2,
+            "heldout_r2": self.heldout_r2,
+            "formula": self.rule.infix(),
+        }
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The scored Pareto front and the chosen rule."""
+
+    candidates: list[Candidate]
+    chosen: Candidate
+    inputs: list[str]
+
+
+def fit(
+    dataset: Dataset,
+    inputs: Sequence[str],
+    backend: RegressionBackend,
+    settings: SearchSettings,
+    *,
+    heldout_fraction: float = 0.2,
+    max_rows: int = 20000,
+    tolerance: float = 0.005,
+) -> Distillation:
+    """Fit rules of ``inputs`` to the teacher's directions and select one (see module docstring)."""
+    unknown = sorted(set(inputs) - set(dataset.columns))
+    if unknown:
+        raise ValueError(f"inputs {unknown} are not recorded; the dataset has {dataset.columns}")
+    heldout = dataset.heldout_mask(heldout_fraction)
+    train_rows = torch.nonzero(~heldout).squeeze(1)
+    generator = torch.Generator().manual_seed(settings.seed)
+    fit_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:max_rows]]
+    columns = [dataset.columns.index(name) for name in inputs]
+    front = backend.fit(
+        dataset.inputs[fit_rows][:, columns].numpy(), dataset.target[fit_rows].numpy(), list(inputs), settings
+    )
+    candidates = [score(Rule.from_json(tree, INPUTS), dataset, heldout) for tree in front]
+    candidates = [c for c in candidates if math.isfinite(c.heldout_r2)]
+    if not candidates:
+        raise RuntimeError("the regression returned no rule with finite predictions on the held-out rows")
+    chosen = select(candidates, tolerance)
+    simplified = score(sympy_rules.simplify(chosen.rule), dataset, heldout)
+    if simplified.heldout_r2 >= chosen.heldout_r2 - 1e-6:
+        chosen = simplified
+    return Distillation(sorted(candidates, key=lambda c: c.size), chosen, list(inputs))
+
+
+def score(rule: Rule, dataset: Dataset, heldout: Tensor) -> Candidate:
+    """R² of ``rule`` on the training and the held-out rows."""
+    return Candidate(
+        rule,
+        r2_score(predict(rule, dataset, ~heldout), dataset.target[~heldout]),
+        r2_score(predict(rule, dataset, heldout), dataset.target[heldout]),
+    )
+
+
+def select(candidates: Sequence[Candidate], tolerance: float) -> Candidate:
+    """The smallest candidate whose held-out R² is within ``tolerance`` of the best."""
+    best = max(c.heldout_r2 for c in candidates)
+    return min((c for c in candidates if c.heldout_r2 >= best - tolerance), key=lambda c: (c.size, -c.heldout_r2))
