@@ -31,7 +31,7 @@ import torch
 
 from learned_optim.factory import make_optimizer
 
-LEARNED = ("rnnprop", "lstm", "hamiltonian")
+LEARNED = ("rnnprop", "lstm", "hamiltonian", "symbolic")  # symbolic: the built-in Adam-like rule
 OPTIMIZERS = ("adam", "adam-foreach", *LEARNED)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Dataset:
 
 def record(
     teacher: Pretrained,
-    task_name: str = "mnist-mlp",
+    task: str = "mnist-mlp",
     *,
     trajectories: int = 10,
     steps: int = 200,
@@ -102,7 +102,7 @@ def record(
 ) -> Dataset:
     """Run ``teacher`` on ``trajectories`` fresh instances of the task for ``steps`` steps and record."""
     architecture = get_architecture(teacher.architecture)
-    task = get_task(task_name, data_root)
+    task_name, task = task, get_task(task, data_root)
     feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
     names = list(INPUTS)
     generator = torch.Generator().manual_seed(seed)
@@ -151,6 +151,47 @@ def record(
         "teacher_description": teacher.description,
     }
     return Dataset(names, *(torch.cat(rows[key]) for key in ("inputs", "target", "trajectory", "step")), metadata)
+
+
+Teacher = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+
+
+def record_synthetic(
+    teacher: Teacher,
+    *,
+    coordinates: int = 2000,
+    steps: int = 40,
+    trajectories: int = 5,
+    seed: int = 0,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+) -> Dataset:
+    """Record a hand-written ``teacher(g, state) -> (direction, state)`` on synthetic gradient streams.
+
+    Each coordinate's gradients are g_t = s · (μ + ξ_t): a scale s log-uniform in [1e-3, 1], a
+    drift μ ~ N(0, 0.25), noise ξ_t ~ N(0, 1). Used to check that distillation recovers known rules.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
+    names = tuple(INPUTS)
+    rows: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
+    for trajectory in range(trajectories):
+        scale = 10.0 ** (-3.0 * torch.rand(coordinates, generator=generator, dtype=torch.float64))
+        drift = 0.5 * torch.randn(coordinates, generator=generator, dtype=torch.float64)
+        accumulators = {name: torch.zeros(coordinates, dtype=torch.float64) for name in ACCUMULATORS}
+        state: dict[str, Tensor] = {}
+        for step in range(1, steps + 1):
+            g = scale * (drift + torch.randn(coordinates, generator=generator, dtype=torch.float64))
+            direction, state = teacher(g, state)
+            inputs, accumulators = advance(g, accumulators, step, feature_config, names)
+            rows["inputs"].append(torch.stack([inputs[name] for name in names], dim=1))
+            rows["target"].append(direction)
+            rows["trajectory"].append(torch.full((coordinates,), trajectory))
+            rows["step"].append(torch.full((coordinates,), step))
+    metadata = {"task": "synthetic", "trajectories": trajectories, "steps": steps, "seed": seed}
+    metadata.update(beta1=beta1, beta2=beta2, eps=eps, coordinates_per_tensor=coordinates)
+    return Dataset(list(names), *(torch.cat(rows[key]) for key in ("inputs", "target", "trajectory", "step")), metadata)
 
 
 def r2_score(prediction: Tensor, target: Tensor) -> float:
@@ -225,10 +266,7 @@ def fit(
     candidates = [c for c in candidates if math.isfinite(c.heldout_r2)]
     if not candidates:
         raise RuntimeError("the regression returned no rule with finite predictions on the held-out rows")
-    chosen = select(candidates, tolerance)
-    simplified = score(sympy_rules.simplify(chosen.rule), dataset, heldout)
-    if simplified.heldout_r2 >= chosen.heldout_r2 - 1e-6:
-        chosen = simplified
+    chosen = tidy(select(candidates, tolerance), dataset, heldout)
     return Distillation(sorted(candidates, key=lambda c: c.size), chosen, list(inputs))
 
 
@@ -245,3 +283,29 @@ def select(candidates: Sequence[Candidate], tolerance: float) -> Candidate:
     """The smallest candidate whose held-out R² is within ``tolerance`` of the best."""
     best = max(c.heldout_r2 for c in candidates)
     return min((c for c in candidates if c.heldout_r2 >= best - tolerance), key=lambda c: (c.size, -c.heldout_r2))
+
+
+def _no_worse(new: Candidate, old: Candidate, relative: float = 1e-3) -> bool:
+    """``new`` leaves at most ``relative`` more of the held-out variance unexplained than ``old``."""
+    return (1.0 - new.heldout_r2) <= (1.0 - old.heldout_r2) * (1.0 + relative) + 1e-12
+
+
+def tidy(candidate: Candidate, dataset: Dataset, heldout: Tensor, max_digits: int = 6) -> Candidate:
+    """Make the rule readable without losing fit: drop constants that do not matter (Operon always
+    adds an intercept and a scale), let sympy fold and cancel, then round the constants to the
+    fewest significant digits that keep the fit. Each change is kept only if the held-out fit stays."""
+    for index in range(len(candidate.rule.constants)):
+        zeroed = list(candidate.rule.constants)
+        zeroed[index] = 0.0
+        trial = score(candidate.rule.with_constants(zeroed), dataset, heldout)
+        if _no_worse(trial, candidate):
+            candidate = trial
+    simplified = score(sympy_rules.simplify(candidate.rule), dataset, heldout)
+    if _no_worse(simplified, candidate):
+        candidate = simplified
+    for digits in range(1, max_digits + 1):  # after simplifying: folded constants are rounded too
+        rounded = [float(f"{c:.{digits}g}") for c in candidate.rule.constants]
+        trial = score(candidate.rule.with_constants(rounded), dataset, heldout)
+        if _no_worse(trial, candidate):
+            return trial
+    return candidate
