@@ -277,6 +277,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if target is not p:
             p.copy_(target)
 
+    def export_config(self) -> dict[str, Any]:
+        """The config as written to ``config.json`` by :meth:`save_pretrained`."""
+        return dataclasses.asdict(self.config)
+
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim`` state dict plus the learned network (architecture, config, theta)."""
         state_dict = super().state_dict()

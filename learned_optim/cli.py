@@ -171,9 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("teacher", help="weights name or directory, e.g. rnnprop-mnist")
     distill.add_argument("--task", default="mnist-mlp", help="task the teacher is recorded on")
     distill.add_argument("--inputs", default="m_tilde,g_tilde", help="comma-separated rule inputs (see lo.Symbolic)")
-    distill.add_argument(
-        "--operators", help="comma-separated operators (default: add,sub,mul,div,square,tanh,sinh,abs)"
-    )
+    distill.add_argument("--operators", help="comma-separated operators (default: add,sub,mul,square,tanh,sinh,abs)")
     distill.add_argument("--out", help="weights directory to write (default: <work-dir>/weights)")
     distill.add_argument("--work-dir", help="dataset cache folder (default: runs/distill-<teacher>)")
     distill.add_argument("--trajectories", type=int, default=8, help="task instances recorded")

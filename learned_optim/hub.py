@@ -16,7 +16,6 @@ Nothing is unpickled and nothing read from a file is evaluated.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import re
@@ -256,7 +255,7 @@ def save_pretrained(
         "format_version": FORMAT_VERSION,
         "library": "learned_optim",
         "architecture": optimizer.architecture,
-        "config": dataclasses.asdict(optimizer.config),
+        "config": optimizer.export_config(),
         "description": description,
         "metrics": metrics or {},
         "recipe": recipe or {},

@@ -263,3 +263,33 @@ def test_curriculum_stage_change_keeps_the_best_only_when_validation_is_comparab
     trainer._end_epoch(imitating=False, horizon=10)
     assert trainer.progress.horizon_index == 1
     assert trainer.progress.best_valid == kept
+
+
+def test_meta_tuning_a_symbolic_rule_starts_from_its_weights_and_writes_tuned_constants(tmp_path):
+    rule = {"op": "mul", "args": [{"const": 0.05}, {"op": "tanh", "args": [{"input": "m_tilde"}]}]}
+    lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule=rule).save_pretrained(tmp_path / "rule")
+    config = MetaTrainConfig.from_dict(
+        {
+            "architecture": "symbolic",
+            "initial_weights": str(tmp_path / "rule"),
+            "task": "quadratic",
+            "horizons": [10],
+            "unroll": 5,
+            "meta_epochs": 2,
+            "trajectories_per_epoch": 2,
+            "validation_trajectories": 1,
+            "meta_lr": 0.01,
+        }
+    )
+    trainer = MetaTrainer(config, tmp_path / "run")
+    assert trainer.theta["constants"].tolist() == pytest.approx([0.05])
+    result = trainer.run(progress_bar=False)
+    from learned_optim.meta.export import export_weights
+
+    out = export_weights(trainer, result, tmp_path / "tuned", "test")
+    tuned = lo.from_pretrained(out)
+    assert tuned.theta["constants"].tolist() != pytest.approx([0.05])
+    # config.json's rule carries the tuned constant, so the formula people read is the one that runs
+    assert tuned.config.rule["args"][0]["const"] == pytest.approx(tuned.theta["constants"][0].item())
+    with pytest.raises(ValueError, match="leave optimizer_config empty"):
+        MetaTrainer(MetaTrainConfig.from_dict({**config.__dict__, "optimizer_config": {"beta1": 0.5}}), tmp_path / "x")

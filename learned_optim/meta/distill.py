@@ -248,7 +248,7 @@ def fit(
     *,
     heldout_fraction: float = 0.2,
     max_rows: int = 20000,
-    tolerance: float = 0.005,
+    tolerance: float = 0.01,
 ) -> Distillation:
     """Fit rules of ``inputs`` to the teacher's directions and select one (see module docstring)."""
     unknown = sorted(set(inputs) - set(dataset.columns))
@@ -263,11 +263,18 @@ def fit(
         dataset.inputs[fit_rows][:, columns].numpy(), dataset.target[fit_rows].numpy(), list(inputs), settings
     )
     candidates = [score(Rule.from_json(tree, INPUTS), dataset, heldout) for tree in front]
-    candidates = [c for c in candidates if math.isfinite(c.heldout_r2)]
+    candidates = [c for c in candidates if math.isfinite(c.heldout_r2) and finite_at_zero(c.rule)]
     if not candidates:
-        raise RuntimeError("the regression returned no rule with finite predictions on the held-out rows")
+        raise RuntimeError("the regression returned no rule that is finite on the held-out rows and at zero inputs")
     chosen = tidy(select(candidates, tolerance), dataset, heldout)
     return Distillation(sorted(candidates, key=lambda c: c.size), chosen, list(inputs))
+
+
+def finite_at_zero(rule: Rule) -> bool:
+    """A rule must stay finite where every input is zero (a coordinate whose gradient is exactly zero)."""
+    zeros = torch.zeros(1, dtype=torch.float64)
+    with torch.no_grad():
+        return bool(torch.isfinite(rule.evaluate({name: zeros for name in rule.inputs})).all())
 
 
 def score(rule: Rule, dataset: Dataset, heldout: Tensor) -> Candidate:

@@ -37,7 +37,9 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
     }
 
 
-def training_card(name: str, trainer: MetaTrainer, result: MetaTrainResult, recipe: dict[str, Any]) -> str:
+def training_card(
+    name: str, trainer: MetaTrainer, result: MetaTrainResult, recipe: dict[str, Any], optimizer_config: dict[str, Any]
+) -> str:
     config = trainer.config
     history = result.progress.history
     rows = "\n".join(
@@ -60,7 +62,7 @@ import learned_optim as lo
 opt = lo.load("{name}", model.parameters())
 ```
 
-Architecture `{config.architecture}` with `{json.dumps(dataclasses.asdict(result.optimizer_config))}`.
+Architecture `{config.architecture}` with `{json.dumps(optimizer_config)}`.
 
 ## Evaluation
 
@@ -108,7 +110,7 @@ def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Pat
         description=trainer.config.description,
         metrics=metrics,
         recipe=recipe,
-        model_card=training_card(out.name, trainer, result, recipe),
+        model_card=training_card(out.name, trainer, result, recipe, optimizer.export_config()),
     )
     plot = trainer.run_dir / "training.png"
     if plot.exists():

@@ -14,7 +14,8 @@ import numpy as np
 
 from learned_optim.expression import const, op, var
 
-DEFAULT_OPERATORS = ("add", "sub", "mul", "div", "square", "tanh", "sinh", "abs")
+# No division by default: a quotient can be 0/0 where a gradient is exactly zero (dead ReLUs).
+DEFAULT_OPERATORS = ("add", "sub", "mul", "square", "tanh", "sinh", "abs")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class MetaTrainConfig:
     imitation_teacher: str = ""
     imitation_lr: float = 0.01
     imitation_epochs: int = 0
+    initial_weights: str = ""  # start from these weights (name or directory), e.g. to meta-tune a distilled rule
     seed: int = 0
     description: str = ""
 
@@ -133,6 +134,17 @@ class MetaTrainer:
         self.run_dir = Path(run_dir)
         self.architecture = get_architecture(config.architecture)
         self.optimizer_config = config_from_dict(self.architecture.Config, config.optimizer_config, "optimizer_config")
+        start_from = None
+        if config.initial_weights:
+            from learned_optim.hub import from_pretrained
+
+            start_from = from_pretrained(config.initial_weights)
+            if start_from.architecture != config.architecture or config.optimizer_config:
+                raise ValueError(
+                    f"initial_weights {config.initial_weights!r} are {start_from.architecture!r} weights with "
+                    f"their own config: set architecture {start_from.architecture!r}, leave optimizer_config empty"
+                )
+            self.optimizer_config = start_from.config
         task = get_task(config.task, data_root)
         self.task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
         self.validation_task = task
@@ -146,6 +158,8 @@ class MetaTrainer:
             penalty = partial(symmetry_penalty, structures)
             self.regularizer = lambda params, update: config.symmetry_weight * penalty(params, update)
         initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
+        if start_from is not None:
+            initial = {k: v.clone() for k, v in start_from.theta.items()}
         self.theta = {k: v.requires_grad_() for k, v in initial.items()}
         self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
         self.meta_optimizer = torch.optim.Adam(self.theta.values(), lr=config.meta_lr)

@@ -201,6 +201,10 @@ class Symbolic(LearnedOptimizer):
                 config = {**dataclasses.asdict(SymbolicConfig()), "rule": dict(rule)}
         super().__init__(params, lr, config=config, chunk_size=chunk_size, **kwargs)
 
+    def export_config(self) -> dict[str, Any]:
+        """The config with the current (possibly meta-tuned) constants written into the rule."""
+        return {**dataclasses.asdict(self.config), "rule": dict(self.rule.tree)}
+
     @property
     def rule(self) -> Rule:
         """The rule with this optimizer's (possibly meta-tuned) constants."""
