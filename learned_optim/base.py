@@ -258,8 +258,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         # State tensors are shaped (*extra, *p.shape), feature-major; view them as (*extra, numel).
         flat_state = {k: v.view(*v.shape[: v.dim() - p.dim()], numel) for k, v in state.items() if k != "step"}
         # Masking costs a pass over the state; on the CPU skip it when every gradient is finite
-        # (on accelerators that check would force a device sync, so always mask there).
-        mask_non_finite = p.device.type != "cpu" or not bool(torch.isfinite(flat_grad).all())
+        # (on accelerators that check would force a device sync, so always mask there). A finite
+        # sum proves every element finite (NaN and ±inf propagate) at the cost of one reduction;
+        # an overflowing sum only means masking when it was not needed.
+        mask_non_finite = p.device.type != "cpu" or not bool(torch.isfinite(flat_grad.sum()))
         for start in range(0, numel, self.chunk_size):
             end = min(start + self.chunk_size, numel)
             chunk_grad = flat_grad[start:end]
