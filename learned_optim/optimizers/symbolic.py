@@ -203,7 +203,11 @@ class Symbolic(LearnedOptimizer):
 
     def export_config(self) -> dict[str, Any]:
         """The config with the current (possibly meta-tuned) constants written into the rule."""
-        return {**dataclasses.asdict(self.config), "rule": dict(self.rule.tree)}
+        parsed, tuned = self.config.parsed, self.theta["constants"].tolist()
+        # theta is float32: keep the rule's own number wherever theta is just its float32 rounding.
+        same = [torch.tensor(c, dtype=torch.float32).item() == t for c, t in zip(parsed.constants, tuned, strict=True)]
+        constants = [c if keep else t for c, t, keep in zip(parsed.constants, tuned, same, strict=True)]
+        return {**dataclasses.asdict(self.config), "rule": dict(parsed.with_constants(constants).tree)}
 
     @property
     def rule(self) -> Rule:
