@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,9 +103,7 @@ def _distill(args: argparse.Namespace) -> int:
     )
     inputs = args.inputs.split(",")
     result = distill.fit(dataset, inputs, get_backend(args.backend), settings, heldout_fraction=args.heldout)
-    command = (
-        "learned-optim distill " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["distill"] else "learned-optim distill"
-    )
+    command = "learned-optim " + shlex.join(args.argv)  # the recipe: exactly what was run
     recipe = {
         "command": command,
         "teacher": args.teacher,
@@ -214,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(handler=_bench, bench_args=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+        args.argv = argv
     try:
         return args.handler(args)
     except (ValueError, KeyError, FileNotFoundError) as error:  # bad input: a message, not a traceback

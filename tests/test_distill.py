@@ -84,6 +84,10 @@ def test_distill_cli_writes_symbolic_weights(tmp_path, capsys):
     document = json.loads((out / "config.json").read_text())
     assert document["architecture"] == "symbolic" and document["metrics"]["fidelity"]["heldout_r2"] > 0.99
     assert (out / "response.png").stat().st_size > 0 and "$$d_t =" in (out / "README.md").read_text()
+    assert (
+        document["recipe"]["command"].startswith("learned-optim distill ")
+        and "--time-limit 3" in document["recipe"]["command"]
+    )
     optimizer = lo.load(str(out), [torch.nn.Parameter(torch.zeros(3))])
     assert isinstance(optimizer, lo.Symbolic) and "m_tilde" in optimizer.rule.inputs
     assert main(argv) == 0  # a second run reuses the recorded dataset

@@ -86,6 +86,24 @@ class Dataset:
         )
 
 
+class _Recorder:
+    """Collects rows step by step: the recorded inputs and directions of some coordinates."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self.parts: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
+
+    def add(self, inputs: dict[str, Tensor], direction: Tensor, trajectory: int, step: int) -> None:
+        self.parts["inputs"].append(torch.stack([inputs[name] for name in self.names], dim=1).double())
+        self.parts["target"].append(direction.double())
+        self.parts["trajectory"].append(torch.full((len(direction),), trajectory))
+        self.parts["step"].append(torch.full((len(direction),), step))
+
+    def dataset(self, metadata: dict[str, Any]) -> Dataset:
+        tensors = (torch.cat(self.parts[key]) for key in ("inputs", "target", "trajectory", "step"))
+        return Dataset(self.names, *tensors, metadata)
+
+
 def record(
     teacher: Pretrained,
     task: str = "mnist-mlp",
@@ -106,7 +124,7 @@ def record(
     feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
     names = list(INPUTS)
     generator = torch.Generator().manual_seed(seed)
-    rows: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
+    recorder = _Recorder(names)
     bar = tqdm(
         total=trajectories * steps, desc=f"record {teacher.architecture} on {task_name}", disable=not progress_bar
     )
@@ -131,10 +149,7 @@ def record(
                         for offset, size in zip(offsets, sizes, strict=True)
                     ]
                 )
-                rows["inputs"].append(torch.stack([inputs[name][index] for name in names], dim=1).double())
-                rows["target"].append(direction[index].double())
-                rows["trajectory"].append(torch.full((len(index),), trajectory))
-                rows["step"].append(torch.full((len(index),), step))
+                recorder.add({name: inputs[name][index] for name in names}, direction[index], trajectory, step)
                 params = apply_direction(task, params, direction, 1.0)
             bar.update()
     bar.close()
@@ -150,7 +165,7 @@ def record(
         "teacher_architecture": teacher.architecture,
         "teacher_description": teacher.description,
     }
-    return Dataset(names, *(torch.cat(rows[key]) for key in ("inputs", "target", "trajectory", "step")), metadata)
+    return recorder.dataset(metadata)
 
 
 Teacher = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
@@ -175,7 +190,7 @@ def record_synthetic(
     generator = torch.Generator().manual_seed(seed)
     feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
     names = tuple(INPUTS)
-    rows: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
+    recorder = _Recorder(names)
     for trajectory in range(trajectories):
         scale = 10.0 ** (-3.0 * torch.rand(coordinates, generator=generator, dtype=torch.float64))
         drift = 0.5 * torch.randn(coordinates, generator=generator, dtype=torch.float64)
@@ -185,13 +200,10 @@ def record_synthetic(
             g = scale * (drift + torch.randn(coordinates, generator=generator, dtype=torch.float64))
             direction, state = teacher(g, state)
             inputs, accumulators = advance(g, accumulators, step, feature_config, names)
-            rows["inputs"].append(torch.stack([inputs[name] for name in names], dim=1))
-            rows["target"].append(direction)
-            rows["trajectory"].append(torch.full((coordinates,), trajectory))
-            rows["step"].append(torch.full((coordinates,), step))
+            recorder.add(inputs, direction, trajectory, step)
     metadata = {"task": "synthetic", "trajectories": trajectories, "steps": steps, "seed": seed}
     metadata.update(beta1=beta1, beta2=beta2, eps=eps, coordinates_per_tensor=coordinates)
-    return Dataset(list(names), *(torch.cat(rows[key]) for key in ("inputs", "target", "trajectory", "step")), metadata)
+    return recorder.dataset(metadata)
 
 
 def r2_score(prediction: Tensor, target: Tensor) -> float:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from learned_optim.expression import const, op, var
+from learned_optim.expression import OPERATORS, const, op, var
 
 # No division by default: a quotient can be 0/0 where a gradient is exactly zero (dead ReLUs).
 DEFAULT_OPERATORS = ("add", "sub", "mul", "square", "tanh", "sinh", "abs")
@@ -53,10 +53,12 @@ class OperonBackend:
             from pyoperon.sklearn import SymbolicRegressor
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("symbolic regression needs pyoperon: pip install 'learned_optim[distill]'") from error
-        unknown = sorted(set(settings.operators) - set(_OPERON_SYMBOLS))
+        unknown = sorted(set(settings.operators) - _OPERON_OPERATORS)
         if unknown:
-            raise ValueError(f"the operon backend cannot use operators {unknown}; it offers {sorted(_OPERON_SYMBOLS)}")
-        symbols = ",".join(["constant", "variable", *(_OPERON_SYMBOLS[o] for o in settings.operators)])
+            raise ValueError(
+                f"the operon backend cannot use operators {unknown}; it offers {sorted(_OPERON_OPERATORS)}"
+            )
+        symbols = ",".join(["constant", "variable", *settings.operators])
         regressor = SymbolicRegressor(
             allowed_symbols=symbols,
             objectives=["r2", "length"],  # NSGA-II over (fit, size) gives the whole Pareto front
@@ -74,35 +76,10 @@ class OperonBackend:
         return [operon_tree_to_json(entry["tree"], variable_names) for entry in regressor.pareto_front_]
 
 
-_OPERON_SYMBOLS = {
-    "add": "add",
-    "sub": "sub",
-    "mul": "mul",
-    "div": "div",
-    "square": "square",
-    "tanh": "tanh",
-    "sinh": "sinh",
-    "cosh": "cosh",
-    "exp": "exp",
-    "abs": "abs",
-    "sin": "sin",
-    "cos": "cos",
-    "atan": "atan",
-}
-_OPERON_UNARY = {
-    "Square": "square",
-    "Tanh": "tanh",
-    "Sinh": "sinh",
-    "Cosh": "cosh",
-    "Exp": "exp",
-    "Abs": "abs",
-    "Sin": "sin",
-    "Cos": "cos",
-    "Atan": "atan",
-    "Sqrt": "sqrt",
-    "Log": "log",
-}
-_OPERON_NARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}
+# Our operators that Operon offers under the same name (its allowed_symbols, and its node types lower-cased).
+_OPERON_OPERATORS = frozenset(
+    {"add", "sub", "mul", "div", "square", "tanh", "sinh", "cosh", "exp", "abs", "sin", "cos", "atan"}
+)
 
 
 def operon_tree_to_json(tree: Any, variable_names: dict[int, str]) -> dict[str, Any]:
@@ -126,15 +103,16 @@ def operon_tree_to_json(tree: Any, variable_names: dict[int, str]) -> dict[str, 
         for _ in range(node.Arity):
             children.append(convert(child))
             child -= nodes[child].Length + 1
-        if kind in _OPERON_UNARY and len(children) == 1:
-            return op(_OPERON_UNARY[kind], children[0])
-        if kind in _OPERON_NARY:
+        name = kind.lower()  # Operon's node types carry our operators' names: Add, Square, Tanh, ...
+        if name in ("add", "sub", "mul", "div"):  # n-ary in Operon: fold left
             if len(children) == 1:  # Operon's unary sub/div: negation and reciprocal
-                return op("neg", children[0]) if kind == "Sub" else op("div", const(1.0), children[0])
+                return op("neg", children[0]) if name == "sub" else op("div", const(1.0), children[0])
             result = children[0]
             for other in children[1:]:
-                result = op(_OPERON_NARY[kind], result, other)
+                result = op(name, result, other)
             return result
+        if name in OPERATORS and OPERATORS[name].arity == len(children) == 1:
+            return op(name, children[0])
         raise ValueError(f"cannot convert Operon node {kind} with {node.Arity} children")
 
     return convert(len(nodes) - 1)

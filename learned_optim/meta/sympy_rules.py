@@ -29,18 +29,8 @@ _TO_SYMPY = {
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
 }
-_FROM_SYMPY = {
-    sympy.Abs: "abs",
-    sympy.sign: "sign",
-    sympy.exp: "exp",
-    sympy.log: "log",
-    sympy.tanh: "tanh",
-    sympy.sinh: "sinh",
-    sympy.cosh: "cosh",
-    sympy.sin: "sin",
-    sympy.cos: "cos",
-    sympy.atan: "atan",
-}
+# sympy function classes back to our names (sqrt, squares and quotients come back as powers).
+_FROM_SYMPY = {fn: name for name, fn in _TO_SYMPY.items() if isinstance(fn, sympy.FunctionClass)}
 
 
 def symbol(name: str) -> sympy.Symbol:
