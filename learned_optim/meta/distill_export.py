@@ -80,6 +80,7 @@ $$d_t = {sympy_rules.to_latex(chosen.rule)}$$
 
 ```python
 import learned_optim as lo
+
 opt = lo.load("{name}", model.parameters())
 ```
 
@@ -107,7 +108,7 @@ Not evaluated yet: run `python -m benchmarks.l2o_eval --weights {name}` to fill 
 Recorded {data["trajectories"]} trajectories × {data["steps"]} steps of `{data["task"]}`,
 {data["coordinates_per_tensor"]} coordinates per tensor per step; held-out fraction {recipe["heldout_fraction"]};
 backend `{recipe["backend"]}` for {recipe["search"]["time_limit"]} s; seed {recipe["seed"]}; commit {recipe["commit"]},
-torch {recipe["torch"]}, {recipe["machine"]}.
+torch {recipe["torch"]}, {recipe["machine"]}. Every setting is in `config.json` under `recipe`.
 """
 
 
