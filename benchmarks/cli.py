@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "learned-optim bench") -
     out = args.out or Path("bench-results") / args.suite
     command = f"{prog} " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.suite == "overhead":
-        names = ["adam", "adam-foreach", "sgd-momentum", *(args.optimizers or overhead.LEARNED)]
+        names = ["adam", "adam-foreach", "adam-fused", "sgd-momentum", *(args.optimizers or overhead.LEARNED)]
         overhead.write(overhead.run_all(names, args.sizes, steps=3, device=args.device), out, args.device, command)
         print((out / "overhead.md").read_text())
         return 0

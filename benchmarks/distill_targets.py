@@ -89,12 +89,13 @@ def quality(results_path: Path) -> list[str]:
 
 
 def speed() -> list[str]:
-    rows = overhead.run_all(["adam-foreach", "symbolic", STUDENT], ["1e7", "resnet50"], steps=10, device="cpu")
+    students = ["symbolic", "symbolic+fused", STUDENT, STUDENT + "+fused"]
+    rows = overhead.run_all(["adam-foreach", *students], ["1e7", "resnet50"], steps=10, device="cpu")
     by = {(r["optimizer"], r["size"]): r for r in rows}
     lines = []
     for size in ("1e7", "resnet50"):
         adam = by[("adam-foreach", size)]
-        for name in ("symbolic", STUDENT):
+        for name in students:
             row = by[(name, size)]
             ratio = row["step_seconds"] / adam["step_seconds"]
             words = row["state_words_per_parameter"]

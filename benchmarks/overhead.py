@@ -31,8 +31,9 @@ import torch
 
 from learned_optim.factory import make_optimizer
 
-LEARNED = ("rnnprop", "lstm", "hamiltonian", "symbolic")  # symbolic: the built-in Adam-like rule
-OPTIMIZERS = ("adam", "adam-foreach", *LEARNED)
+# symbolic: the built-in Adam-like rule; +fused: the same optimizer with fused=True (torch.compile)
+LEARNED = ("rnnprop", "lstm", "hamiltonian", "hamiltonian+fused", "symbolic", "symbolic+fused")
+OPTIMIZERS = ("adam", "adam-foreach", "adam-fused", *LEARNED)
 
 
 def _memory_kib(field: str) -> int:

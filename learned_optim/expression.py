@@ -38,6 +38,16 @@ class Operator:
     infix: str  # format string over the printed arguments
 
 
+def _sinh(x: Tensor) -> Tensor:
+    """sinh(x) = (expm1(x) − expm1(−x)) / 2.
+
+    torch.sinh has no vectorised CPU kernel (4-5× slower than tanh, under torch.compile too); the
+    two expm1 terms have opposite signs, so there is no cancellation near 0. In float32 it
+    overflows to ±inf for |x| > 88.7 instead of 89.4.
+    """
+    return (torch.expm1(x) - torch.expm1(-x)) * 0.5
+
+
 OPERATORS: dict[str, Operator] = {
     # Binary operators through Python's, so a constant may be a float or a tensor on either side.
     "add": Operator(2, python_operator.add, "({0} + {1})"),
@@ -52,7 +62,7 @@ OPERATORS: dict[str, Operator] = {
     "exp": Operator(1, torch.exp, "exp({0})"),
     "log": Operator(1, torch.log, "log({0})"),
     "tanh": Operator(1, torch.tanh, "tanh({0})"),
-    "sinh": Operator(1, torch.sinh, "sinh({0})"),
+    "sinh": Operator(1, _sinh, "sinh({0})"),
     "cosh": Operator(1, torch.cosh, "cosh({0})"),
     "sin": Operator(1, torch.sin, "sin({0})"),
     "cos": Operator(1, torch.cos, "cos({0})"),

@@ -4,9 +4,11 @@
     make_optimizer("rnnprop-mnist", params)        # pretrained weights (lr 1 = the trained step)
     make_optimizer("lstm", params)                 # a fresh, untrained network of that architecture
     make_optimizer("sgd-momentum@0.1", params)     # name@lr sets the learning rate
+    make_optimizer("symbolic+fused", params)       # +fused: a learned optimizer with fused=True
 
 Hand-designed names: ``sgd``, ``sgd-momentum`` (momentum 0.9), ``sgd-wd`` (weight decay 5e-4),
-``adam``, ``adam-foreach``, ``rmsprop``. Any other name is an architecture or pretrained weights.
+``adam``, ``adam-foreach``, ``adam-fused``, ``rmsprop``. Any other name is an architecture or
+pretrained weights.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ HAND_DESIGNED: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd-wd": lambda params, lr: torch.optim.SGD(params, lr=lr, weight_decay=5e-4),
     "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
     "adam-foreach": lambda params, lr: torch.optim.Adam(params, lr=lr, foreach=True),
+    "adam-fused": lambda params, lr: torch.optim.Adam(params, lr=lr, fused=True),
     "rmsprop": lambda params, lr: torch.optim.RMSprop(params, lr=lr),
 }
-DEFAULT_LR = {"sgd": 0.1, "sgd-momentum": 0.01, "sgd-wd": 0.1, "adam": 1e-3, "adam-foreach": 1e-3, "rmsprop": 1e-3}
+DEFAULT_LR = {"sgd": 0.1, "sgd-momentum": 0.01, "sgd-wd": 0.1, "rmsprop": 1e-3}
+DEFAULT_LR.update({name: 1e-3 for name in ("adam", "adam-foreach", "adam-fused")})
+FUSED_SUFFIX = "+fused"
 
 
 def make_optimizer(spec: str, params: Iterable[Any], lr: float | None = None) -> torch.optim.Optimizer:
@@ -36,10 +41,14 @@ def make_optimizer(spec: str, params: Iterable[Any], lr: float | None = None) ->
     name, _, lr_text = spec.partition("@")
     if lr is None:
         lr = float(lr_text) if lr_text else DEFAULT_LR.get(name, 1.0)
+    fused = name.endswith(FUSED_SUFFIX)
+    name = name.removesuffix(FUSED_SUFFIX)
     if name in HAND_DESIGNED:
+        if fused:
+            raise ValueError(f"{spec!r}: {FUSED_SUFFIX} is for learned optimizers (torch's fused Adam: adam-fused)")
         return HAND_DESIGNED[name](params, lr)
     import learned_optim as lo
 
     if name in lo.ARCHITECTURES:
-        return lo.ARCHITECTURES[name](params, lr=lr)
-    return lo.load(name, params, lr=lr)
+        return lo.ARCHITECTURES[name](params, lr=lr, fused=fused)
+    return lo.load(name, params, lr=lr, fused=fused)

@@ -229,7 +229,7 @@ def load(
 ) -> LearnedOptimizer:
     """A pretrained learned optimizer over ``params``: ``lo.load("rnnprop-mnist", model.parameters())``.
 
-    ``optimizer_kwargs`` (``lr``, ``weight_decay``, ``maximize``, ``chunk_size``) go to the optimizer.
+    ``optimizer_kwargs`` (``lr``, ``weight_decay``, ``maximize``, ``chunk_size``, ``fused``) go to the optimizer.
     """
     pretrained = from_pretrained(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     return pretrained.build(params, **optimizer_kwargs)

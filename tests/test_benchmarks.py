@@ -54,3 +54,15 @@ def test_overhead_script_prints_a_table_and_json(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["optimizer"] for r in rows} == {"adam", "rnnprop"}
     assert rows[1]["state_words_per_parameter"] == pytest.approx(82.0, abs=0.01)  # + one step counter
+
+
+def test_make_optimizer_fused_suffix():
+    from learned_optim.factory import make_optimizer
+
+    params = [torch.nn.Parameter(torch.ones(3))]
+    fused, eager = make_optimizer("symbolic+fused@0.5", params), make_optimizer("symbolic", params)
+    assert (fused.defaults["fused"], fused.defaults["lr"], eager.defaults["fused"]) == (True, 0.5, False)
+    assert fused.chunk_size > eager.chunk_size  # a fused step keeps no temporaries
+    assert make_optimizer("adam-fused", params).defaults["fused"] is True
+    with pytest.raises(ValueError, match="adam-fused"):
+        make_optimizer("adam+fused", params)

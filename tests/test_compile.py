@@ -1,6 +1,10 @@
+import pickle
+
 import pytest
 import torch
 from conftest import loss_of, small_model
+
+import learned_optim as lo
 
 
 @pytest.mark.slow
@@ -22,3 +26,47 @@ def test_compiled_training_step_matches_eager(optimizer_class):
     # Inductor fuses the elementwise math, so the last bits may differ.
     for p, q in zip(model.parameters(), eager_model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _fused_matches_eager(make, steps: int = 4) -> None:
+    """Same parameters and state, eager vs fused, over steps with a NaN gradient and an lr change."""
+    torch.manual_seed(0)
+    shapes = [((40, 30), torch.float32), ((7,), torch.float32), ((3, 3), torch.float64), ((5, 2), torch.bfloat16)]
+    eager_params = [torch.randn(shape, dtype=dtype) for shape, dtype in shapes]
+    fused_params = [p.clone() for p in eager_params]
+    eager, fused = make(eager_params, False), make(fused_params, True)
+    assert fused.param_groups[0]["fused"] and not eager.param_groups[0]["fused"]
+    for step in range(steps):
+        for p, q in zip(eager_params, fused_params, strict=True):
+            grad = torch.randn_like(p)
+            if step == 1:
+                grad.view(-1)[0] = float("nan")
+            p.grad, q.grad = grad, grad.clone()
+        if step == 2:
+            for optimizer in (eager, fused):
+                optimizer.param_groups[0]["lr"] = 0.5
+        eager.step()
+        fused.step()
+    for p, q in zip(eager_params, fused_params, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(q).all()
+    for p, q in zip(eager_params, fused_params, strict=True):
+        for key, value in eager.state[p].items():
+            torch.testing.assert_close(fused.state[q][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_symbolic_matches_eager():
+    _fused_matches_eager(lambda params, fused: lo.Symbolic(params, rule="rnnprop-paper", fused=fused, chunk_size=256))
+
+
+@pytest.mark.slow
+def test_fused_matches_eager(optimizer_class):
+    _fused_matches_eager(lambda params, fused: optimizer_class(params, fused=fused))
+
+
+def test_fused_optimizer_pickles_without_its_compiled_step():
+    optimizer = lo.Symbolic([torch.nn.Parameter(torch.ones(3))], fused=True)
+    optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+    optimizer.step()
+    copy = pickle.loads(pickle.dumps(optimizer))
+    assert copy._compiled_step is None and copy.param_groups[0]["fused"]

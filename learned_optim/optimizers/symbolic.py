@@ -175,6 +175,8 @@ class Symbolic(LearnedOptimizer):
     init_theta = staticmethod(init_theta)
     init_state = staticmethod(init_state)
     update = staticmethod(update)
+    # Elementwise rules need few temporaries: larger chunks than the networks'.
+    chunk_sizes = (1 << 16, 1 << 20)
 
     def __init__(
         self,
@@ -183,13 +185,9 @@ class Symbolic(LearnedOptimizer):
         *,
         rule: str | Mapping[str, Any] | None = None,
         config: Any = None,
-        chunk_size: int = 1 << 16,
         **kwargs: Any,
     ) -> None:
-        """``rule``: a built-in rule's name (``BUILTIN_RULES``) or a JSON expression tree.
-
-        Elementwise rules need few temporaries, so chunks are larger than the networks' default.
-        """
+        """``rule``: a built-in rule's name (``BUILTIN_RULES``) or a JSON expression tree."""
         if rule is not None:
             if config is not None:
                 raise TypeError("give either rule or config, not both")
@@ -199,7 +197,7 @@ class Symbolic(LearnedOptimizer):
                 config = dict(BUILTIN_RULES[rule])
             else:
                 config = {**dataclasses.asdict(SymbolicConfig()), "rule": dict(rule)}
-        super().__init__(params, lr, config=config, chunk_size=chunk_size, **kwargs)
+        super().__init__(params, lr, config=config, **kwargs)
 
     def export_config(self) -> dict[str, Any]:
         """The config with the current (possibly meta-tuned) constants written into the rule."""
