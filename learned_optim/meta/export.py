@@ -59,6 +59,7 @@ tags:
 
 ```python
 import learned_optim as lo
+
 opt = lo.load("{name}", model.parameters())
 ```
 
