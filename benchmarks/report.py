@@ -173,7 +173,7 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
 
 
 def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
-    """One panel per task: smoothed training loss, mean ± std over seeds, log scale."""
+    """One panel per task: smoothed training loss, mean and a ±std band (mirrored in log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,8 +193,10 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
             curve = cell["smoothed_curve"]
             if not curve["step"]:
                 continue
-            low = [max(m - s, 1e-4) for m, s in zip(curve["mean"], curve["std"], strict=True)]
             high = [m + s for m, s in zip(curve["mean"], curve["std"], strict=True)]
+            # Mirrored on the log axis (mean / (1 + std/mean) ≈ mean − std for small std): mean − std
+            # can be ≤ 0, which a log axis cannot draw and would stretch to its floor.
+            low = [m * m / h if h > 0 else m for m, h in zip(curve["mean"], high, strict=True)]
             learned = name in data["learned"]
             label = f"{name}" + ("" if learned else f" (lr {figures[last]['lr']:g})")
             line = axis.plot(curve["step"], curve["mean"], label=label, linestyle="-" if learned else "--")[0]
@@ -205,7 +207,8 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
         axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
-    figure.suptitle(f"{data['suite']}: mean ± std over seeds (commit {data['environment']['commit']})")
+    commit = data["environment"]["commit"]
+    figure.suptitle(f"{data['suite']}: mean over seeds, band mean + std and its log-mirror (commit {commit})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
