@@ -98,10 +98,12 @@ def speed() -> list[str]:
         for name in students:
             row = by[(name, size)]
             ratio = row["step_seconds"] / adam["step_seconds"]
-            words = row["state_words_per_parameter"]
+            # Both count the scalar step tensor, so compare with Adam's rather than with 2.
+            words, adam_words = row["state_words_per_parameter"], adam["state_words_per_parameter"]
             lines.append(
                 f"| speed {name} @ {size} | {row['step_seconds'] * 1e3:.1f} ms vs {adam['step_seconds'] * 1e3:.1f} ms "
-                f"({ratio:.2f}×), state {words:.0f} words | ≤ 1.2×, ≤ 2 words | {_ok(ratio <= 1.2 and words <= 2)} |"
+                f"({ratio:.2f}×), state {words:.0f} words | ≤ 1.2×, ≤ Adam's "
+                f"| {_ok(ratio <= 1.2 and words <= adam_words)} |"
             )
     return lines
 
