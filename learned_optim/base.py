@@ -271,27 +271,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
         flat_grad = grad.reshape(numel).to(compute_dtype)
         # State tensors are shaped (*extra, *p.shape), feature-major; view them as (*extra, numel).
         flat_state = {k: v.view(*v.shape[: v.dim() - p.dim()], numel) for k, v in state.items() if k != "step"}
-        # Masking costs a pass over the state; on the CPU skip it when every gradient is finite
-        # (on accelerators that check would force a device sync, so always mask there). A finite
-        # sum proves every element finite (NaN and ±inf propagate) at the cost of one reduction;
-        # an overflowing sum only means masking when it was not needed.
-        if group.get("fused", False):
-            fused_step = self._fused_step()
+        fused_step = self._fused_step() if group.get("fused", False) else None
+        if fused_step is not None:
             # Tensors, not Python numbers: a changed number would make torch.compile recompile.
             step_t = step.to(device=p.device, dtype=compute_dtype)
             lr_t = torch.tensor(lr, device=p.device, dtype=compute_dtype)
-            for start in range(0, numel, self.chunk_size):
-                end = min(start + self.chunk_size, numel)
-                chunk_state = {k: v[..., start:end] for k, v in flat_state.items()}
-                fused_step(theta, flat_param[start:end], flat_grad[start:end], chunk_state, step_t, lr_t)
-            if target is not p:
-                p.copy_(target)
-            return
-        mask_non_finite = p.device.type != "cpu" or not bool(torch.isfinite(flat_grad.sum()))
+        else:
+            # Masking costs a pass over the state; on the CPU skip it when every gradient is finite
+            # (on accelerators that check would force a device sync, so always mask there). A finite
+            # sum proves every element finite (NaN and ±inf propagate) at the cost of one reduction;
+            # an overflowing sum only means masking when it was not needed.
+            mask_non_finite = p.device.type != "cpu" or not bool(torch.isfinite(flat_grad.sum()))
         for start in range(0, numel, self.chunk_size):
             end = min(start + self.chunk_size, numel)
             chunk_grad = flat_grad[start:end]
             chunk_state = {k: v[..., start:end] for k, v in flat_state.items()}
+            if fused_step is not None:
+                fused_step(theta, flat_param[start:end], chunk_grad, chunk_state, step_t, lr_t)
+                continue
             if mask_non_finite:
                 finite = torch.isfinite(chunk_grad)
                 chunk_grad = torch.where(finite, chunk_grad, 0.0)

@@ -50,7 +50,6 @@ def _fused_matches_eager(make, steps: int = 4) -> None:
     for p, q in zip(eager_params, fused_params, strict=True):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
         assert torch.isfinite(q).all()
-    for p, q in zip(eager_params, fused_params, strict=True):
         for key, value in eager.state[p].items():
             torch.testing.assert_close(fused.state[q][key], value, rtol=1e-5, atol=1e-6)
 
