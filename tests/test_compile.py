@@ -63,6 +63,13 @@ def test_fused_matches_eager(optimizer_class):
     _fused_matches_eager(lambda params, fused: optimizer_class(params, fused=fused))
 
 
+@pytest.mark.slow
+def test_fused_compact_hamiltonian_matches_eager():
+    _fused_matches_eager(
+        lambda params, fused: lo.Hamiltonian(params, hidden_size=0, momentum_feature="softsign", fused=fused)
+    )
+
+
 def test_fused_optimizer_pickles_without_its_compiled_step():
     optimizer = lo.Symbolic([torch.nn.Parameter(torch.ones(3))], fused=True)
     optimizer.param_groups[0]["params"][0].grad = torch.ones(3)

@@ -8,10 +8,14 @@ import torch
 import learned_optim as lo
 from learned_optim.optimizers.hamiltonian import _inverse_softplus, kinetic_energy
 
+# The default network and the compact one (no hidden layer, softsign momentum feature).
+ARCHITECTURES = [{}, {"hidden_size": 0, "momentum_feature": "softsign"}]
 
-def test_quadratic_kinetic_energy_and_constant_damping_is_heavy_ball():
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_quadratic_kinetic_energy_and_constant_damping_is_heavy_ball(architecture):
     dissipation, gain, lr = 0.2, 1.5, 0.3
-    config = lo.HamiltonianConfig(kinetic_terms=0, normalize=False, step_scale=0.1)
+    config = lo.HamiltonianConfig(kinetic_terms=0, normalize=False, step_scale=0.1, **architecture)
     theta = lo.Hamiltonian.init_theta(config, torch.Generator().manual_seed(0))
     theta["output.weight"] = torch.zeros_like(theta["output.weight"])  # R and b no longer depend on x
     theta["output.bias"] = torch.tensor([_inverse_softplus(dissipation), _inverse_softplus(gain)])
@@ -32,11 +36,13 @@ def test_quadratic_kinetic_energy_and_constant_damping_is_heavy_ball():
     torch.testing.assert_close(x_learned, x_heavy, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_discrete_energy_decreases_for_small_steps_on_random_quadratics(seed, normalize):
+def test_discrete_energy_decreases_for_small_steps_on_random_quadratics(seed, normalize, architecture):
     generator = torch.Generator().manual_seed(seed)
-    config = lo.HamiltonianConfig(step_scale=0.02 if normalize else 0.05, normalize=normalize, kinetic_terms=3)
+    step_scale = 0.02 if normalize else 0.05
+    config = lo.HamiltonianConfig(step_scale=step_scale, normalize=normalize, kinetic_terms=3, **architecture)
     # Random (not tuned) network weights, with a random kinetic energy mixing both kinds of term.
     theta = lo.Hamiltonian.init_theta(config, generator)
     theta["output.weight"] = torch.randn(theta["output.weight"].shape, generator=generator)
@@ -68,3 +74,26 @@ def test_state_is_two_numbers_per_parameter_like_adam():
     optimizer.step()
     tensors = [v for k, v in optimizer.state[param].items() if k != "step"]
     assert sum(t.numel() for t in tensors) == 2 * param.numel()
+
+
+def test_compact_network_has_no_hidden_layer():
+    optimizer = lo.Hamiltonian([torch.nn.Parameter(torch.ones(2))], hidden_size=0, kinetic_terms=1)
+    shapes = {name: tuple(value.shape) for name, value in optimizer.theta.items()}
+    assert shapes == {
+        "output.weight": (2, 2),
+        "output.bias": (2,),
+        "kinetic.quadratic": (1,),
+        "kinetic.weights": (1,),
+        "kinetic.scales": (1,),
+    }
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"momentum_feature": "relu"}, "momentum_feature"), ({"hidden_size": -1}, "hidden_size")],
+)
+def test_invalid_config_is_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        lo.HamiltonianConfig(**override)
+    with pytest.raises(TypeError, match=message):
+        lo.Hamiltonian([torch.nn.Parameter(torch.ones(2))], **override)

@@ -16,8 +16,11 @@ velocity ∂K/∂p is bounded, which gives Adam-like bounded steps)::
     K(p)     = a₀ p²/2 + Σ_j a_j s_j² (√(1 + (p/s_j)²) − 1)          a_j, s_j > 0 (softplus)
     ∂K/∂p    = κ(p) · p,   κ(p) = a₀ + Σ_j a_j / √(1 + (p/s_j)²) > 0
 
-Features x = (g̃, tanh p) with g̃ = g / (√v̂ + ε), v the EMA of g² (β = 0.99, bias-corrected); a
-small MLP gives R = softplus(·) and b = step_scale · softplus(·) · (√v̂ + ε)^(−1/2). The port b
+Features x = (g̃, σ(p)) with g̃ = g / (√v̂ + ε), v the EMA of g² (β = 0.99, bias-corrected) and
+σ(p) = tanh p, or the softsign p / (1 + |p|) (``momentum_feature``; as bounded, and no transcendental
+function to evaluate); a small MLP gives R = softplus(·) and b = step_scale · softplus(·) · (√v̂ + ε)^(−1/2).
+With ``hidden_size=0`` the MLP is a single linear map from x: the compact variant, a handful of
+elementwise operations per coordinate instead of a hidden layer, for large models. The port b
 enters the step twice (through p and through θ̇; lr · b² in the heavy-ball limit below), so this
 last factor, applied when ``normalize``, gives Adam's g / √v̂ scaling.
 
@@ -44,6 +47,8 @@ from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.features import ema
 from learned_optim.nets import init_linear, linear
 
+MOMENTUM_FEATURES = {"tanh": torch.tanh, "softsign": functional.softsign}
+
 
 @dataclass(frozen=True)
 class HamiltonianConfig:
@@ -55,6 +60,13 @@ class HamiltonianConfig:
     eps: float = 1e-8
     step_scale: float = 0.03
     normalize: bool = True
+    momentum_feature: str = "tanh"
+
+    def __post_init__(self) -> None:
+        if self.momentum_feature not in MOMENTUM_FEATURES:
+            raise ValueError(f"momentum_feature must be one of {sorted(MOMENTUM_FEATURES)}: {self.momentum_feature!r}")
+        if min(self.hidden_size, self.kinetic_terms) < 0:
+            raise ValueError(f"hidden_size, kinetic_terms must be >= 0: {self.hidden_size}, {self.kinetic_terms}")
 
 
 def _inverse_softplus(value: float) -> float:
@@ -63,8 +75,8 @@ def _inverse_softplus(value: float) -> float:
 
 def init_theta(config: HamiltonianConfig, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Fresh weights that start close to heavy-ball momentum (μ ≈ 0.9, quadratic K)."""
-    theta = init_linear("features", 2, config.hidden_size, generator)
-    theta.update(init_linear("output", config.hidden_size, 2, generator))
+    theta = init_linear("features", 2, config.hidden_size, generator) if config.hidden_size else {}
+    theta.update(init_linear("output", config.hidden_size or 2, 2, generator))
     theta["output.weight"] = theta["output.weight"] * 0.1
     theta["output.bias"] = torch.tensor([_inverse_softplus(0.1), _inverse_softplus(1.0)])  # R ≈ 0.1, b gain ≈ 1
     theta["kinetic.quadratic"] = torch.tensor([_inverse_softplus(1.0)])
@@ -102,7 +114,7 @@ def _stiffness(theta: dict[str, Tensor], momentum: Tensor) -> Tensor:
     """κ(p) = (∂K/∂p) / p, positive."""
     quadratic, weights, scales = _kinetic_coefficients(theta)
     p = momentum.reshape(1, -1)
-    return (quadratic + (weights / torch.sqrt(1 + (p / scales) ** 2)).sum(0, keepdim=True)).reshape(momentum.shape)
+    return (quadratic + (weights * torch.rsqrt(1 + (p / scales) ** 2)).sum(0, keepdim=True)).reshape(momentum.shape)
 
 
 def update(
@@ -114,13 +126,13 @@ def update(
     p = state["momentum"].reshape(numel)
     exp_avg_sq = ema(state["exp_avg_sq"].reshape(numel), g * g, config.beta)
     scale = (exp_avg_sq / (1.0 - config.beta**step)).sqrt() + config.eps
-    features = torch.stack((g / scale, torch.tanh(p)))
-    dissipation, gain = functional.softplus(
-        linear(theta, "output", functional.elu(linear(theta, "features", features)))
-    )
+    features = torch.stack((g / scale, MOMENTUM_FEATURES[config.momentum_feature](p)))
+    if config.hidden_size:
+        features = functional.elu(linear(theta, "features", features))
+    dissipation, gain = functional.softplus(linear(theta, "output", features))
     port = gain * config.step_scale
     if config.normalize:
-        port = port / scale.sqrt()
+        port = port * scale.rsqrt()
     p = torch.exp(-dissipation * _stiffness(theta, p)) * p - port * g
     direction = -port * _stiffness(theta, p) * p
     return direction.reshape(grad.shape), {
