@@ -38,14 +38,27 @@ class Operator:
     infix: str  # format string over the printed arguments
 
 
-def _sinh(x: Tensor) -> Tensor:
-    """sinh(x) = (expm1(x) − expm1(−x)) / 2.
+# 1/(2k+1)!: the odd Taylor series of sinh to x¹⁷ (error < 1e-17 relative for |x| < 1).
+_SINH_TAYLOR = tuple(1.0 / math.factorial(2 * k + 1) for k in range(9))
 
-    torch.sinh has no vectorised CPU kernel (4-5× slower than tanh, under torch.compile too); the
-    two expm1 terms have opposite signs, so there is no cancellation near 0. In float32 it
-    overflows to ±inf for |x| > 88.7 instead of 89.4.
+
+def _sinh(x: Tensor) -> Tensor:
+    """sinh(x): its Taylor series for |x| < 1, else sign(x) (e − 1/e) / 2 with e = exp(|x|).
+
+    torch.sinh has no vectorised CPU kernel (4-5× slower than tanh, under torch.compile too), and
+    (expm1(x) − expm1(−x)) / 2 pays for two expm1 calls: this costs one exp and a few multiply-adds
+    (half the time, fused). Both branches are within 1 ulp (float32 and float64); the series
+    removes the cancellation of e − 1/e near 0; e ≥ 1, so 1/e never overflows and the gradient is
+    cosh(x) everywhere. In float32 it overflows to ±inf for |x| > 88.7 instead of 89.4.
     """
-    return (torch.expm1(x) - torch.expm1(-x)) * 0.5
+    small = x.clamp(-1.0, 1.0)  # the series' branch stays finite where it is not selected
+    square = small * small
+    series = _SINH_TAYLOR[-1]
+    for coefficient in reversed(_SINH_TAYLOR[:-1]):
+        series = series * square + coefficient
+    magnitude = x.abs()
+    e = torch.exp(magnitude)
+    return torch.where(magnitude < 1.0, small * series, x.sign() * (e - 1.0 / e) * 0.5)
 
 
 OPERATORS: dict[str, Operator] = {

@@ -117,3 +117,23 @@ def test_deep_rules_are_refused():
 def test_unknown_builtin_rule_names_the_choices():
     with pytest.raises(ValueError, match="rnnprop-paper"):
         lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule="nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sinh_operator_agrees_with_torch_sinh_and_its_gradient_is_cosh(dtype):
+    sinh = lo.expression.OPERATORS["sinh"].torch_fn
+    generator = torch.Generator().manual_seed(0)
+    # Both sides of the series/exponential switch at |x| = 1, tiny values, and up to overflow.
+    magnitudes = torch.cat([torch.logspace(-30, 1.9, 2000, dtype=torch.float64), torch.tensor([0.0, 1.0])])
+    x = (magnitudes * torch.randn(magnitudes.shape, generator=generator, dtype=torch.float64).sign()).to(dtype)
+    x.requires_grad_(True)
+    value = sinh(x)
+    value.sum().backward()
+    exact = torch.sinh(x.detach().double())
+    ulp = torch.finfo(dtype).eps
+    relative = (value.detach().double() - exact).abs() / exact.abs().clamp_min(torch.finfo(dtype).tiny)
+    assert relative.max() <= 2 * ulp, f"off by {relative.max() / ulp:.1f} ulp"
+    torch.testing.assert_close(x.grad.double(), torch.cosh(x.detach().double()), rtol=4 * ulp, atol=0)
+    huge = torch.tensor([-1000.0, 1000.0], dtype=dtype, requires_grad=True)
+    sinh(huge).sum().backward()
+    assert sinh(huge.detach()).tolist() == [-math.inf, math.inf] and huge.grad.tolist() == [math.inf, math.inf]
