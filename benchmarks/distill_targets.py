@@ -26,7 +26,7 @@ from learned_optim.meta import distill
 from learned_optim.meta.regression import OperonBackend, SearchSettings
 
 from . import l2o_eval, overhead
-from .report import mean
+from .report import mean, status
 
 STUDENT, TEACHER = "symbolic-rnnprop-mnist", "rnnprop-mnist"
 
@@ -57,14 +57,15 @@ def sanity(time_limit: int) -> list[str]:
         chosen = distill.fit(dataset, inputs, OperonBackend(), SearchSettings(time_limit=time_limit)).chosen
         target = "exactly 0.01·g" if name == "sgd" else "R² ≥ 0.95"
         met = chosen.rule.infix() == "(0.01 * g)" if name == "sgd" else chosen.heldout_r2 >= 0.95
-        lines.append(f"| sanity {name} | `{chosen.rule.infix()}`, R² {chosen.heldout_r2:.4f} | {target} | {_ok(met)} |")
+        measured = f"`{chosen.rule.infix()}`, R² {chosen.heldout_r2:.4f}"
+        lines.append(f"| sanity {name} | {measured} | {target} | {status(met)} |")
     return lines
 
 
 def fidelity() -> list[str]:
     metrics = lo.from_pretrained(STUDENT).metrics["fidelity"]
     r2 = metrics["heldout_r2"]
-    return [f"| fidelity {STUDENT} | held-out R² {r2:.3f} (size {metrics['size']}) | ≥ 0.9 | {_ok(r2 >= 0.9)} |"]
+    return [f"| fidelity {STUDENT} | held-out R² {r2:.3f} (size {metrics['size']}) | ≥ 0.9 | {status(r2 >= 0.9)} |"]
 
 
 def quality(results_path: Path) -> list[str]:
@@ -82,9 +83,9 @@ def quality(results_path: Path) -> list[str]:
         student, teacher = loss(STUDENT, step), loss(TEACHER, step)
         gap = student / teacher - 1
         measured = f"{student:.4f} vs {teacher:.4f} ({gap:+.0%})"
-        lines.append(f"| quality t={step} vs teacher | {measured} | within 15% | {_ok(gap <= 0.15)} |")
+        lines.append(f"| quality t={step} vs teacher | {measured} | within 15% | {status(gap <= 0.15)} |")
     student, adam = loss(STUDENT, 1000), loss("adam", 1000)
-    lines.append(f"| quality t=1000 vs tuned Adam | {student:.4f} vs {adam:.4f} | below | {_ok(student < adam)} |")
+    lines.append(f"| quality t=1000 vs tuned Adam | {student:.4f} vs {adam:.4f} | below | {status(student < adam)} |")
     return lines
 
 
@@ -103,13 +104,9 @@ def speed() -> list[str]:
             lines.append(
                 f"| speed {name} @ {size} | {row['step_seconds'] * 1e3:.1f} ms vs {adam['step_seconds'] * 1e3:.1f} ms "
                 f"({ratio:.2f}×), state {words:.0f} words | ≤ 1.2×, ≤ Adam's "
-                f"| {_ok(ratio <= 1.2 and words <= adam_words)} |"
+                f"| {status(ratio <= 1.2 and words <= adam_words)} |"
             )
     return lines
-
-
-def _ok(met: bool) -> str:
-    return "met" if met else "**not met**"
 
 
 def main() -> None:

@@ -25,6 +25,11 @@ def std(values: list[float]) -> float:
     return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
+def status(met: bool) -> str:
+    """A target table's status cell."""
+    return "met" if met else "**not met**"
+
+
 def verdict(candidate: list[float], reference: list[float]) -> str:
     """``better``, ``worse`` or ``tie`` for losses (lower is better), by the 2-standard-error rule."""
     c, r = mean(candidate), mean(reference)

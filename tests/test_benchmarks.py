@@ -66,3 +66,32 @@ def test_make_optimizer_fused_suffix():
     assert make_optimizer("adam-fused", params).defaults["fused"] is True
     with pytest.raises(ValueError, match="adam-fused"):
         make_optimizer("adam+fused", params)
+
+
+def _l2o_cell(name: str, steps: int, loss: float, report: list[int]) -> tuple[str, dict]:
+    losses = [loss] * 20
+    eval_loss = {str(r): losses for r in report}
+    cell = {"lr": 1.0, "seconds": 1.0, "train_loss_curve": [loss] * steps, "eval_loss": eval_loss}
+    return f"{name}@1/seeds=20/steps={steps}", cell
+
+
+def test_hamiltonian_targets_read_the_l2o_results(tmp_path, monkeypatch):
+    from benchmarks import hamiltonian_targets
+
+    for task, steps, report, learned_loss in (
+        ("mnist-mlp", 2000, [100, 1000, 2000], 0.2),  # beats Adam's 0.3
+        ("mnist-mlp-relu", 1000, [100, 1000], 0.34),  # 13% worse than Adam
+    ):
+        cells = dict(_l2o_cell(name, steps, loss, report) for name, loss in (("adam", 0.3), ("ham", learned_loss)))
+        (tmp_path / f"l2o-{task}.json").write_text(json.dumps({"meta": {}, "cells": cells}))
+    monkeypatch.setattr(hamiltonian_targets, "RESULTS", tmp_path)
+    lines = hamiltonian_targets.quality("ham")
+    statuses = {line.split(" | ")[0].removeprefix("| ham "): line.rsplit(" | ", 1)[1] for line in lines}
+    assert statuses == {
+        "mnist-mlp t=100": "met |",
+        "mnist-mlp t=1000": "met |",
+        "mnist-mlp t=2000": "met |",
+        "mnist-mlp-relu t=100": "**not met** |",
+        "mnist-mlp-relu t=1000": "**not met** |",
+    }
+    assert "missing" in hamiltonian_targets.quality("unmeasured")[0]
