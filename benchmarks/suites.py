@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -112,13 +111,8 @@ def weights_digest(name: str) -> str:
 
 
 def environment(device: str) -> dict[str, Any]:
-    commit = git_commit()
-    if commit != "unknown":
-        status = ["git", "status", "--porcelain", "--untracked-files=no"]
-        if subprocess.run(status, capture_output=True, text=True).stdout.strip():
-            commit += "+dirty"
     return {
-        "commit": commit,
+        "commit": git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",

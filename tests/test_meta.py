@@ -293,3 +293,19 @@ def test_meta_tuning_a_symbolic_rule_starts_from_its_weights_and_writes_tuned_co
     assert tuned.config.rule["args"][0]["const"] == pytest.approx(tuned.theta["constants"][0].item())
     with pytest.raises(ValueError, match="leave optimizer_config empty"):
         MetaTrainer(MetaTrainConfig.from_dict({**config.__dict__, "optimizer_config": {"beta1": 0.5}}), tmp_path / "x")
+
+
+def test_git_commit_marks_uncommitted_changes(tmp_path, monkeypatch):
+    from learned_optim.meta.export import git_commit
+
+    monkeypatch.chdir(tmp_path)
+    assert git_commit() == "unknown"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "recipe.json").write_text("{}")
+    subprocess.run([*git, "add", "recipe.json"], check=True)
+    subprocess.run([*git, "commit", "-qm", "recipe"], check=True)
+    clean = git_commit()
+    assert len(clean) >= 7 and "+" not in clean
+    (tmp_path / "recipe.json").write_text('{"seed": 1}')
+    assert git_commit() == clean + "+dirty"

@@ -17,11 +17,14 @@ from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
 
 
 def git_commit() -> str:
+    """The checkout's short commit, ``+dirty`` when tracked files differ from it (``unknown`` outside git)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        changed = subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return out.stdout.strip() + ("+dirty" if changed else "")
 
 
 def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> dict[str, Any]:
