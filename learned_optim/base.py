@@ -125,7 +125,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         theta: the learned network's weights; fresh weights drawn with ``seed`` when omitted.
         seed: seed of the fresh weights, so that every process builds the same network.
         chunk_size: coordinates processed at once; bounds the temporary memory of ``step``. Default:
-            the class's ``chunk_sizes`` (eager, fused).
+            ``default_chunk_size(config, fused)``.
         fused: run each chunk's step as one ``torch.compile``d function (see the module docstring).
         **config_overrides: individual config fields, e.g. ``hidden_size=32``.
     """
@@ -138,6 +138,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     init_theta: ClassVar[Callable[..., dict[str, Tensor]]]
     init_state: ClassVar[Callable[..., dict[str, Tensor]]]
     update: ClassVar[Callable[..., tuple[Tensor, dict[str, Tensor]]]]
+
+    @classmethod
+    def default_chunk_size(cls, config: Any, fused: bool) -> int:
+        """The chunk size when none is given: the class's ``chunk_sizes`` (eager, fused)."""
+        return cls.chunk_sizes[1] if fused else cls.chunk_sizes[0]
 
     def __init__(
         self,
@@ -157,10 +162,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid learning rate: {lr}")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if chunk_size is None:
-            chunk_size = self.chunk_sizes[1] if fused else self.chunk_sizes[0]
-        if chunk_size < 1:
-            raise ValueError(f"Invalid chunk_size: {chunk_size}")
         if config is None:
             config = self.Config()
         elif isinstance(config, Mapping):
@@ -173,6 +174,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 config = config_from_dict(self.Config, merged, type(self).__name__)
             except WeightsError as error:
                 raise TypeError(str(error)) from None
+        if chunk_size is None:
+            chunk_size = self.default_chunk_size(config, fused)
+        if chunk_size < 1:
+            raise ValueError(f"Invalid chunk_size: {chunk_size}")
         self.config = config
         self.chunk_size = chunk_size
         self.theta = theta if theta is not None else self.init_theta(config, torch.Generator().manual_seed(seed))

@@ -94,27 +94,43 @@ def init_state(param: Tensor, config: HamiltonianConfig) -> dict[str, Tensor]:
     }
 
 
-def _kinetic_coefficients(theta: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    return (
-        functional.softplus(theta["kinetic.quadratic"]),
-        functional.softplus(theta["kinetic.weights"]).unsqueeze(1),
-        functional.softplus(theta["kinetic.scales"]).unsqueeze(1),
-    )
+def _kinetic_coefficients(theta: dict[str, Tensor]) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """a₀ and the (a_j, s_j) pairs, as scalars: each term stays elementwise, so fused steps are one loop."""
+    weights = functional.softplus(theta["kinetic.weights"])
+    scales = functional.softplus(theta["kinetic.scales"])
+    return functional.softplus(theta["kinetic.quadratic"])[0], list(zip(weights.unbind(), scales.unbind(), strict=True))
 
 
 def kinetic_energy(theta: dict[str, Tensor], momentum: Tensor) -> Tensor:
     """K(p) per coordinate."""
-    quadratic, weights, scales = _kinetic_coefficients(theta)
-    p = momentum.reshape(1, -1)
-    relativistic = weights * scales**2 * (torch.sqrt(1 + (p / scales) ** 2) - 1)
-    return (quadratic * p**2 / 2 + relativistic.sum(0, keepdim=True)).reshape(momentum.shape)
+    quadratic, terms = _kinetic_coefficients(theta)
+    energy = quadratic * momentum**2 / 2
+    for weight, scale in terms:
+        energy = energy + weight * scale**2 * (torch.sqrt(1 + (momentum / scale) ** 2) - 1)
+    return energy
 
 
 def _stiffness(theta: dict[str, Tensor], momentum: Tensor) -> Tensor:
     """κ(p) = (∂K/∂p) / p, positive."""
-    quadratic, weights, scales = _kinetic_coefficients(theta)
-    p = momentum.reshape(1, -1)
-    return (quadratic + (weights * torch.rsqrt(1 + (p / scales) ** 2)).sum(0, keepdim=True)).reshape(momentum.shape)
+    quadratic, terms = _kinetic_coefficients(theta)
+    stiffness = quadratic.expand(momentum.shape)
+    for weight, scale in terms:
+        stiffness = stiffness + weight * torch.rsqrt(1 + (momentum / scale) ** 2)
+    return stiffness
+
+
+def _dissipation_and_port_gain(
+    theta: dict[str, Tensor], features: list[Tensor], config: HamiltonianConfig
+) -> tuple[Tensor, ...]:
+    """softplus of the network's two outputs: R and b's gain (before step_scale and normalisation)."""
+    if config.hidden_size:
+        hidden = functional.elu(linear(theta, "features", torch.stack(features)))
+        return functional.softplus(linear(theta, "output", hidden)).unbind()
+    # No hidden layer: the affine map written elementwise (not a matmul), so fused steps are one loop.
+    weight, bias = theta["output.weight"], theta["output.bias"]
+    return tuple(
+        functional.softplus(bias[row] + sum(weight[row, k] * x for k, x in enumerate(features))) for row in range(2)
+    )
 
 
 def update(
@@ -126,10 +142,8 @@ def update(
     p = state["momentum"].reshape(numel)
     exp_avg_sq = ema(state["exp_avg_sq"].reshape(numel), g * g, config.beta)
     scale = (exp_avg_sq / (1.0 - config.beta**step)).sqrt() + config.eps
-    features = torch.stack((g / scale, MOMENTUM_FEATURES[config.momentum_feature](p)))
-    if config.hidden_size:
-        features = functional.elu(linear(theta, "features", features))
-    dissipation, gain = functional.softplus(linear(theta, "output", features))
+    features = [g / scale, MOMENTUM_FEATURES[config.momentum_feature](p)]
+    dissipation, gain = _dissipation_and_port_gain(theta, features, config)
     port = gain * config.step_scale
     if config.normalize:
         port = port * scale.rsqrt()
@@ -148,3 +162,11 @@ class Hamiltonian(LearnedOptimizer):
     init_theta = staticmethod(init_theta)
     init_state = staticmethod(init_state)
     update = staticmethod(update)
+
+    @classmethod
+    def default_chunk_size(cls, config: HamiltonianConfig, fused: bool) -> int:
+        # Without a hidden layer a step's temporaries are a few vectors per coordinate, so larger
+        # chunks only save calls (at 10M on the 2-core CPU: eager 650 → 260 ms, fused 150 → 90 ms).
+        if config.hidden_size == 0:
+            return 1 << 18 if fused else 1 << 16
+        return super().default_chunk_size(config, fused)
