@@ -97,14 +97,15 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     cells = results.setdefault("cells", {})
     plan = [(b, lr) for b in args.baselines for lr in args.lr_grid] + [(w, 1.0) for w in args.weights]
+    commit = git_commit(ignore=[out])  # the cells this run adds make the results file itself differ
     for optimizer, lr in tqdm(plan, desc=f"{args.task}: optimizer × lr", unit="cell"):
         key = f"{optimizer}@{lr:g}/seeds={args.seeds}/steps={args.steps}"
         if key in cells:
             continue
-        cells[key] = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
+        cells[key] = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report) | {"commit": commit}
         results["meta"] = {
             "task": args.task,
-            "commit": git_commit(),
+            "commit": commit,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.platform(),
@@ -130,17 +131,19 @@ def update_card(name: str, results: dict[str, Any], args: argparse.Namespace, re
             for r, cell in by_step.items()
         }
 
+    # The commit that ran this optimizer's cell (older cells predate per-cell commits: the file's).
+    commit = chosen[name][report[-1]].get("commit", results["meta"]["commit"])
     document.setdefault("metrics", {})[args.task] = {
         "protocol": f"{args.seeds} seeds, held-out half, baselines tuned over {list(args.lr_grid)}",
         "command": command_line(args),
-        "commit": results["meta"]["commit"],
+        "commit": commit,
         "machine": results["meta"]["machine"],
         "results": {optimizer: figures(by_step) for optimizer, by_step in chosen.items()},
     }
     (directory / "config.json").write_text(json.dumps(document, indent=2) + "\n")
     card = (directory / "README.md").read_text()
     section = (
-        f"### {args.task}\n\n{text}\n\nCommand: `{command_line(args)}` at commit {results['meta']['commit']} "
+        f"### {args.task}\n\n{text}\n\nCommand: `{command_line(args)}` at commit {commit} "
         f"({results['meta']['machine']}, {results['meta']['threads']} threads).\n"
     )
     head, marker, tail = card.partition("## Evaluation\n")

@@ -309,3 +309,4 @@ def test_git_commit_marks_uncommitted_changes(tmp_path, monkeypatch):
     assert len(clean) >= 7 and "+" not in clean
     (tmp_path / "recipe.json").write_text('{"seed": 1}')
     assert git_commit() == clean + "+dirty"
+    assert git_commit(ignore=[tmp_path / "recipe.json", "/elsewhere/results.json"]) == clean

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,16 @@ from learned_optim.hub import save_pretrained
 from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
 
 
-def git_commit() -> str:
-    """The checkout's short commit, ``+dirty`` when tracked files differ from it (``unknown`` outside git)."""
+def git_commit(ignore: Iterable[str | os.PathLike] = ()) -> str:
+    """The checkout's short commit, ``+dirty`` when tracked files differ from it (``unknown`` outside git).
+
+    ``ignore``: files whose changes do not count, e.g. the results file a benchmark is filling in.
+    """
+    inside = [os.path.relpath(path) for path in ignore]
+    excluded = [f":(exclude){path}" for path in inside if not path.startswith("..")]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        status = ["git", "status", "--porcelain", "--untracked-files=no"]
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded]
         changed = subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
