@@ -97,3 +97,11 @@ def test_invalid_config_is_refused(override, message):
         lo.HamiltonianConfig(**override)
     with pytest.raises(TypeError, match=message):
         lo.Hamiltonian([torch.nn.Parameter(torch.ones(2))], **override)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_compact_network_takes_larger_default_chunks(fused):
+    param = [torch.nn.Parameter(torch.ones(2))]
+    compact = lo.Hamiltonian(param, hidden_size=0, fused=fused)
+    assert compact.chunk_size > lo.Hamiltonian(param, fused=fused).chunk_size
+    assert lo.Hamiltonian(param, hidden_size=0, fused=fused, chunk_size=5).chunk_size == 5
