@@ -2,8 +2,7 @@
 
     python -m benchmarks.hamiltonian_targets [--weights hamiltonian-mnist ...] [--skip-speed]
 
-For each shipped Hamiltonian (default: ``hamiltonian-mnist`` and the compact
-``hamiltonian-mnist-compact``):
+For each named Hamiltonian (default: the shipped ``hamiltonian-mnist``):
 
 * quality: on ``mnist-mlp`` below tuned Adam at steps 100 and 1000, no diverged seed at 2000; on
   ``mnist-mlp-relu`` within 10% of tuned Adam at steps 100 and 1000 (20 seeds, the protocol of
@@ -22,7 +21,7 @@ from pathlib import Path
 from . import l2o_eval, overhead
 from .report import mean, status
 
-WEIGHTS = ["hamiltonian-mnist", "hamiltonian-mnist-compact"]
+WEIGHTS = ["hamiltonian-mnist"]
 RESULTS = Path("benchmarks/results")
 
 
