@@ -95,3 +95,12 @@ def test_hamiltonian_targets_read_the_l2o_results(tmp_path, monkeypatch):
         "mnist-mlp-relu t=1000": "**not met** |",
     }
     assert "missing" in hamiltonian_targets.quality("unmeasured")[0]
+
+
+def test_quadratic_eval_reports_f_per_seed_and_step():
+    from benchmarks.quadratic_eval import final_losses
+
+    losses = final_losses("adam", 0.1, seeds=2, steps=[5, 50])
+    assert [len(v) for v in losses.values()] == [2, 2]
+    assert losses[5][0] != losses[5][1]  # two different task instances
+    assert all(late < early for early, late in zip(losses[5], losses[50], strict=True))
