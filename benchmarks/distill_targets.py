@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -71,12 +70,12 @@ def fidelity() -> list[str]:
 def quality(results_path: Path) -> list[str]:
     results = json.loads(results_path.read_text())
     args = argparse.Namespace(seeds=20, steps=2000, baselines=["adam"], weights=[TEACHER, STUDENT])
-    chosen = l2o_eval.best_cells(results, args, [100, 1000])
-    if STUDENT not in chosen:
+    losses = l2o_eval.reported_losses(results, args, [100, 1000])
+    if STUDENT not in losses:
         return [f"| quality | not measured: run `python -m benchmarks.l2o_eval --weights {STUDENT}` | | missing |"]
 
     def loss(name: str, step: int) -> float:
-        return mean(chosen[name][step]["eval_loss"].get(str(step), [math.inf]))
+        return mean(losses[name][step])
 
     lines = []
     for step in (100, 1000):

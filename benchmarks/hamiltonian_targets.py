@@ -30,11 +30,7 @@ def _losses(task: str, steps: int, names: list[str], report: list[int]) -> dict[
     if not path.exists():
         return None
     args = argparse.Namespace(seeds=20, steps=steps, baselines=["adam"], weights=names)
-    chosen = l2o_eval.best_cells(json.loads(path.read_text()), args, report)
-    return {
-        name: {step: cell["eval_loss"].get(str(step), [math.inf]) for step, cell in by_step.items()}
-        for name, by_step in chosen.items()
-    }
+    return l2o_eval.reported_losses(json.loads(path.read_text()), args, report)
 
 
 def quality(name: str) -> list[str]:

@@ -186,6 +186,16 @@ def best_cells(results: dict[str, Any], args: argparse.Namespace, report: list[i
     return chosen
 
 
+def reported_losses(
+    results: dict[str, Any], args: argparse.Namespace, report: list[int]
+) -> dict[str, dict[int, list[float]]]:
+    """``{optimizer: {reported step: per-seed eval losses}}``, each at its best lr for that horizon."""
+    return {
+        name: {step: cell["eval_loss"].get(str(step), [math.inf]) for step, cell in by_step.items()}
+        for name, by_step in best_cells(results, args, report).items()
+    }
+
+
 def table(results: dict[str, Any], args: argparse.Namespace, report: list[int]) -> str:
     chosen = best_cells(results, args, report)
     lines = [

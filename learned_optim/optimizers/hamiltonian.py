@@ -110,9 +110,9 @@ def kinetic_energy(theta: dict[str, Tensor], momentum: Tensor) -> Tensor:
     return energy
 
 
-def _stiffness(theta: dict[str, Tensor], momentum: Tensor) -> Tensor:
-    """κ(p) = (∂K/∂p) / p, positive."""
-    quadratic, terms = _kinetic_coefficients(theta)
+def _stiffness(coefficients: tuple[Tensor, list[tuple[Tensor, Tensor]]], momentum: Tensor) -> Tensor:
+    """κ(p) = (∂K/∂p) / p, positive; ``coefficients`` from ``_kinetic_coefficients``."""
+    quadratic, terms = coefficients
     stiffness = quadratic.expand(momentum.shape)
     for weight, scale in terms:
         stiffness = stiffness + weight * torch.rsqrt(1 + (momentum / scale) ** 2)
@@ -147,8 +147,9 @@ def update(
     port = gain * config.step_scale
     if config.normalize:
         port = port * scale.rsqrt()
-    p = torch.exp(-dissipation * _stiffness(theta, p)) * p - port * g
-    direction = -port * _stiffness(theta, p) * p
+    kinetic = _kinetic_coefficients(theta)  # once: κ is evaluated at p_t and at p_{t+1}
+    p = torch.exp(-dissipation * _stiffness(kinetic, p)) * p - port * g
+    direction = -port * _stiffness(kinetic, p) * p
     return direction.reshape(grad.shape), {
         "momentum": p.reshape(grad.shape),
         "exp_avg_sq": exp_avg_sq.reshape(grad.shape),
