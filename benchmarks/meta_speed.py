@@ -2,6 +2,7 @@
 
     python -m benchmarks.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
     python -m benchmarks.meta_speed --no-epoch      # only the K sweep
+    python -m benchmarks.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
 
 A meta-step is one unroll of K inner steps of the LSTM optimizer on ``mnist-mlp`` followed by
 one backward pass and one outer Adam step. With truncated BPTT done in one backward pass per
@@ -21,19 +22,23 @@ import torch
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
 
 
-def seconds_per_meta_step(architecture: str, unroll: int, repeats: int) -> float:
-    trainer = MetaTrainer(MetaTrainConfig(architecture=architecture, horizons=[unroll], unroll=unroll), "/tmp")
-    trainer.meta_trajectory(unroll)  # warm-up: data loading, allocator
+def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile: bool) -> float:
+    config = MetaTrainConfig(architecture=architecture, horizons=[unroll], unroll=unroll, compile=compile)
+    trainer = MetaTrainer(config, "/tmp")
+    for _ in range(2):  # warm-up: data loading, allocator, and both compiles (fresh state, state with a graph)
+        trainer.meta_trajectory(unroll)
     started = time.perf_counter()
     for _ in range(repeats):
         trainer.meta_trajectory(unroll)
     return (time.perf_counter() - started) / repeats
 
 
-def seconds_per_meta_epoch(architecture: str) -> float:
-    config = MetaTrainConfig(architecture=architecture, horizons=[100], unroll=20, trajectories_per_epoch=20)
+def seconds_per_meta_epoch(architecture: str, compile: bool) -> float:
+    config = MetaTrainConfig(
+        architecture=architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile
+    )
     trainer = MetaTrainer(config, "/tmp")
-    trainer.meta_trajectory(20)
+    trainer.meta_trajectory(40)
     started = time.perf_counter()
     for _ in range(config.trajectories_per_epoch):
         trainer.meta_trajectory(100)
@@ -46,17 +51,19 @@ def main() -> None:
     parser.add_argument("--unrolls", nargs="*", type=int, default=[5, 10, 20, 40])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-epoch", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the inner update")
     args = parser.parse_args()
     rows = []
     machine = platform.processor() or platform.machine()
-    print(f"{args.architecture} on mnist-mlp, {torch.get_num_threads()} threads, {machine}")
+    mode = "compiled update" if args.compile else "eager"
+    print(f"{args.architecture} on mnist-mlp, {mode}, {torch.get_num_threads()} threads, {machine}")
     print("| K | s / meta-step | ms / inner step |\n|---:|---:|---:|")
     for unroll in args.unrolls:
-        seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats)
-        rows.append({"unroll": unroll, "seconds_per_meta_step": seconds})
+        seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats, args.compile)
+        rows.append({"unroll": unroll, "compile": args.compile, "seconds_per_meta_step": seconds})
         print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
     if not args.no_epoch:
-        epoch = seconds_per_meta_epoch(args.architecture)
+        epoch = seconds_per_meta_epoch(args.architecture, args.compile)
         print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {epoch:.1f} s")
         rows.append({"meta_epoch_seconds": epoch})
     print(json.dumps(rows))

@@ -18,7 +18,7 @@ from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.quadratic import QuadraticTask
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.trainer import CHECKPOINT_NAME, MetaTrainConfig, MetaTrainer
-from learned_optim.meta.unroll import meta_loss, start, unroll
+from learned_optim.meta.unroll import compiled, meta_loss, start, unroll
 
 
 def test_functional_unroll_follows_the_runtime_optimizer(optimizer_class):
@@ -54,6 +54,28 @@ def test_meta_gradient_reaches_every_weight_and_second_order_differs(optimizer_c
         )
         gradients[second_order] = [v.grad for v in theta.values()]
     assert not all_equal(gradients[False], gradients[True])
+
+
+@pytest.mark.slow
+def test_compiled_unroll_gives_the_eager_losses_and_meta_gradient(optimizer_class):
+    """``MetaTrainConfig(compile=True)`` changes speed, not the meta-gradient (beyond rounding)."""
+    task = QuadraticTask()
+    config = optimizer_class.Config()
+    results = []
+    for architecture in (optimizer_class, compiled(optimizer_class)):
+        initial = optimizer_class.init_theta(config, torch.Generator().manual_seed(3))
+        theta = {k: v.requires_grad_() for k, v in initial.items()}
+        inner = start(architecture, config, task, torch.Generator().manual_seed(1))
+        for _ in range(2):  # the second unroll starts from a state that carried a graph
+            losses, inner = unroll(architecture, theta, config, task, inner, torch.Generator().manual_seed(2), 5)
+            meta_loss(losses).backward()
+            inner = inner.detached()
+        results.append((losses.detach(), [v.grad for v in theta.values()]))
+    (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
+    assert compiled(optimizer_class).update is not optimizer_class.update
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
 
 
 # RNNprop sees only normalised gradients, so it can imitate Adam but not SGD; the LSTM sees log|g|.

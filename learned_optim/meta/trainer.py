@@ -43,7 +43,7 @@ from learned_optim.meta import distributed, imitation
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
-from learned_optim.meta.unroll import meta_loss, start, unroll
+from learned_optim.meta.unroll import compiled, meta_loss, start, unroll
 from learned_optim.optimizers import get_architecture
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -75,6 +75,7 @@ class MetaTrainConfig:
     imitation_teacher: str = ""
     imitation_lr: float = 0.01
     imitation_epochs: int = 0
+    compile: bool = False  # torch.compile each inner step's update (unroll.compiled): faster, same math
     initial_weights: str = ""  # start from these weights (name or directory), e.g. to meta-tune a distilled rule
     seed: int = 0
     description: str = ""
@@ -133,6 +134,8 @@ class MetaTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.architecture = get_architecture(config.architecture)
+        if config.compile:
+            self.architecture = compiled(self.architecture)
         self.optimizer_config = config_from_dict(self.architecture.Config, config.optimizer_config, "optimizer_config")
         start_from = None
         if config.initial_weights:

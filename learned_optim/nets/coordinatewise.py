@@ -81,10 +81,11 @@ def lstm(theta: dict[str, Tensor], prefix: str, x: Tensor, hidden: Hidden) -> tu
         size = h.shape[0]
         weight, bias = theta[f"{prefix}.{layer}.weight"], theta[f"{prefix}.{layer}.bias"]
         gates = torch.addmm(bias.unsqueeze(1), weight, torch.cat((x, h)))
-        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per slice
-        input_forget, cell, output = gates.split((2 * size, size, size))
-        input_gate, forget_gate = torch.sigmoid(input_forget).split((size, size))  # one contiguous call
-        c = forget_gate * c + input_gate * tanh(cell)
+        # split, not slicing: its backward is one concatenation instead of a zero-filled copy per slice.
+        # (Splitting a sigmoid of two gates' block again gives wrong meta-gradients under torch.compile
+        # in torch 2.14's Inductor; tests/test_meta.py checks compiled against eager.)
+        input_gate, forget_gate, cell, output = gates.split(size)
+        c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * tanh(cell)
         h = torch.sigmoid(output) * tanh(c)
         new_hidden.append((h, c))
         x = h
