@@ -15,7 +15,8 @@ Protocol (Andrychowicz et al. 2016; Lv et al. 2017):
   of 4096 examples of the data it trains on, mean ± std over seeds.
 
 All seeds train at once, stacked, through the optimizer classes a user calls
-(``benchmarks.runner``). Finished (optimizer, lr) cells are cached in the output JSON, so
+(``benchmarks.runner``). Finished (optimizer, lr) cells are cached in the output JSON (a learned
+optimizer's only with the SHA-256 of its weights, so new weights are evaluated again), so
 an interrupted run resumes where it stopped.
 """
 
@@ -100,9 +101,11 @@ def main() -> None:
     commit = git_commit(ignore=[out])  # the cells this run adds make the results file itself differ
     for optimizer, lr in tqdm(plan, desc=f"{args.task}: optimizer × lr", unit="cell"):
         key = f"{optimizer}@{lr:g}/seeds={args.seeds}/steps={args.steps}"
-        if key in cells:
-            continue
-        cells[key] = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report) | {"commit": commit}
+        digest = runner.weights_digest(optimizer) if optimizer in args.weights else None
+        if key in cells and cells[key].get("weights_sha256") == digest:
+            continue  # cached; a learned optimizer's cell only for the same weights
+        cell = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
+        cells[key] = cell | {"commit": commit} | ({"weights_sha256": digest} if digest else {})
         results["meta"] = {
             "task": args.task,
             "commit": commit,

@@ -16,6 +16,7 @@ statistics), as a user would evaluate it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
 import time
@@ -35,6 +36,13 @@ EVAL_CHUNK = 1024  # examples per vmapped evaluation call, to bound activation m
 CURVE_POINTS = 500  # the smoothed curves keep at most this many steps
 METRICS = ("train_loss", "validation_loss", "test_loss", "test_accuracy")
 OTHER_HALF = {"valid": "train", "train": "valid"}
+
+
+def weights_digest(name: str) -> str:
+    """SHA-256 of a learned optimizer's weights file: a cached result is reused only for the same weights."""
+    from learned_optim import hub
+
+    return hashlib.sha256((hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from learned_optim.meta.export import git_commit
 
-from .runner import CellSpec, run_cell
+from .runner import CellSpec, run_cell, weights_digest
 
 SCHEMA = "learned_optim.bench.results/1"
 TUNING_FIRST_SEED = 0
@@ -102,12 +101,6 @@ def learned_optimizers() -> list[str]:
     from learned_optim import list_pretrained
 
     return [entry["name"] for entry in list_pretrained()]
-
-
-def weights_digest(name: str) -> str:
-    from learned_optim import hub
-
-    return hashlib.sha256((hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -30,6 +30,32 @@ def test_learned_optimizer_cell_and_divergence(tmp_path, monkeypatch):
     assert diverged["mean_train_loss"] == float("inf")
 
 
+def test_l2o_eval_evaluates_new_weights_again(tmp_path, monkeypatch):
+    """Cells are cached by name; a learned optimizer's only while its weights file is the same."""
+    import learned_optim as lo
+    from benchmarks import l2o_eval
+
+    monkeypatch.setenv("LEARNED_OPTIM_WEIGHTS", str(tmp_path))
+    out = tmp_path / "results.json"
+    runs = []
+    monkeypatch.setattr(l2o_eval, "run_cell", lambda *args: runs.append(args) or run_cell(*args))
+    argv = ["l2o_eval", "--weights", "candidate", "--baselines", "--seeds", "1", "--steps", "3", "--report", "3"]
+
+    def evaluate(seed: int) -> dict:
+        theta = lo.RNNprop.init_theta(lo.RNNprop.Config(), torch.Generator().manual_seed(seed))
+        lo.RNNprop([torch.nn.Parameter(torch.zeros(1))], theta=theta).save_pretrained(tmp_path / "candidate")
+        monkeypatch.setattr(sys, "argv", [*argv, "--out", str(out)])
+        l2o_eval.main()
+        return json.loads(out.read_text())["cells"]["candidate@1/seeds=1/steps=3"]
+
+    first = evaluate(seed=0)
+    assert evaluate(seed=0) == first and len(runs) == 1  # same weights: cached
+    second = evaluate(seed=1)
+    assert len(runs) == 2
+    assert second["weights_sha256"] != first["weights_sha256"]
+    assert second["eval_loss"] != first["eval_loss"]
+
+
 def test_overhead_script_prints_a_table_and_json(tmp_path):
     out = tmp_path / "overhead.json"
     result = subprocess.run(
