@@ -61,6 +61,23 @@ def _sinh(x: Tensor) -> Tensor:
     return torch.where(magnitude < 1.0, small * series, x.sign() * (e - 1.0 / e) * 0.5)
 
 
+def integer_power(x: Tensor | float, exponent: int) -> Tensor | float:
+    """x ** exponent by repeated squaring (x⁸ = three multiplications).
+
+    Under torch.compile a tensor ``pow`` with an integer exponent becomes a scalar ``std::pow`` call
+    per element on the CPU (about 3× the step time of a whole distilled rule); multiplications
+    vectorise. Same value up to rounding (a few ulp for the largest exponents).
+    """
+    result, base, remaining = None, x, abs(exponent)
+    while remaining:
+        if remaining & 1:
+            result = base if result is None else result * base
+        remaining >>= 1
+        if remaining:
+            base = base * base
+    return result if exponent > 0 else 1.0 / result
+
+
 OPERATORS: dict[str, Operator] = {
     # Binary operators through Python's, so a constant may be a float or a tensor on either side.
     "add": Operator(2, python_operator.add, "({0} + {1})"),
@@ -80,7 +97,7 @@ OPERATORS: dict[str, Operator] = {
     "sin": Operator(1, torch.sin, "sin({0})"),
     "cos": Operator(1, torch.cos, "cos({0})"),
     "atan": Operator(1, torch.atan, "atan({0})"),
-    "powi": Operator(1, torch.pow, "({0})^{exponent}"),  # evaluated as x ** exponent
+    "powi": Operator(1, torch.pow, "({0})^{exponent}"),  # evaluated by integer_power
 }
 
 
@@ -169,7 +186,7 @@ class Rule:
                 return node["const"] if constants is None else constants[index]
             args = [value(arg) for arg in node["args"]]
             if node["op"] == "powi":
-                return args[0] ** node["exponent"]
+                return integer_power(args[0], node["exponent"])
             if len(args) == 1 and not isinstance(args[0], Tensor):
                 args = [torch.tensor(args[0], dtype=torch.float64)]  # a constant sub-tree
             return OPERATORS[node["op"]].torch_fn(*args)

@@ -8,7 +8,7 @@ import torch
 
 import learned_optim as lo
 from learned_optim.errors import WeightsError
-from learned_optim.expression import Rule, RuleError, const, op, var
+from learned_optim.expression import Rule, RuleError, const, integer_power, op, var
 from learned_optim.optimizers.symbolic import BUILTIN_RULES, INPUTS
 
 
@@ -137,3 +137,12 @@ def test_sinh_operator_agrees_with_torch_sinh_and_its_gradient_is_cosh(dtype):
     huge = torch.tensor([-1000.0, 1000.0], dtype=dtype, requires_grad=True)
     sinh(huge).sum().backward()
     assert sinh(huge.detach()).tolist() == [-math.inf, math.inf] and huge.grad.tolist() == [math.inf, math.inf]
+
+
+@pytest.mark.parametrize("exponent", [e for e in range(-8, 9) if e])
+def test_integer_power_is_pow_and_so_is_its_gradient(exponent):
+    x = torch.linspace(0.3, 1.7, 11, dtype=torch.float64).requires_grad_()
+    powered = integer_power(x, exponent)
+    torch.testing.assert_close(powered, x.detach() ** exponent, rtol=1e-14, atol=0)
+    (gradient,) = torch.autograd.grad(powered.sum(), x)
+    torch.testing.assert_close(gradient, exponent * x.detach() ** (exponent - 1), rtol=1e-13, atol=0)
