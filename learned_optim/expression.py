@@ -97,7 +97,7 @@ OPERATORS: dict[str, Operator] = {
     "sin": Operator(1, torch.sin, "sin({0})"),
     "cos": Operator(1, torch.cos, "cos({0})"),
     "atan": Operator(1, torch.atan, "atan({0})"),
-    "powi": Operator(1, torch.pow, "({0})^{exponent}"),  # evaluated by integer_power
+    "powi": Operator(1, integer_power, "({0})^{exponent}"),  # called with the node's exponent
 }
 
 
@@ -186,7 +186,7 @@ class Rule:
                 return node["const"] if constants is None else constants[index]
             args = [value(arg) for arg in node["args"]]
             if node["op"] == "powi":
-                return integer_power(args[0], node["exponent"])
+                return OPERATORS["powi"].torch_fn(args[0], node["exponent"])
             if len(args) == 1 and not isinstance(args[0], Tensor):
                 args = [torch.tensor(args[0], dtype=torch.float64)]  # a constant sub-tree
             return OPERATORS[node["op"]].torch_fn(*args)
