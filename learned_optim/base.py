@@ -282,6 +282,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             step_t = step.to(device=p.device, dtype=compute_dtype)
             lr_t = torch.tensor(lr, device=p.device, dtype=compute_dtype)
         else:
+            # In the parameter's precision, as fused: a float32 count would put float32 rounding into
+            # a float64 parameter's bias corrections (1 − 0.999^t is off by 1e-5 relative in float32).
+            step_c = step.to(dtype=compute_dtype)
             # Masking costs a pass over the state; on the CPU skip it when every gradient is finite
             # (on accelerators that check would force a device sync, so always mask there). A finite
             # sum proves every element finite (NaN and ±inf propagate) at the cost of one reduction;
@@ -297,7 +300,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if mask_non_finite:
                 finite = torch.isfinite(chunk_grad)
                 chunk_grad = torch.where(finite, chunk_grad, 0.0)
-            direction, new_state = self.update(theta, chunk_grad, chunk_state, step, self.config)
+            direction, new_state = self.update(theta, chunk_grad, chunk_state, step_c, self.config)
             if mask_non_finite:
                 direction = torch.where(finite, direction, 0.0)
                 new_state = {k: torch.where(finite, v, chunk_state[k]) for k, v in new_state.items()}

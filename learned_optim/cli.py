@@ -67,6 +67,7 @@ def _distill(args: argparse.Namespace) -> int:
 
     from learned_optim.meta import distill, distill_export
     from learned_optim.meta.regression import DEFAULT_OPERATORS, SearchSettings, get_backend
+    from learned_optim.optimizers.symbolic import INPUTS
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,8 +87,16 @@ def _distill(args: argparse.Namespace) -> int:
     work = Path(args.work_dir or Path("runs") / f"distill-{Path(args.teacher).name}")
     work.mkdir(parents=True, exist_ok=True)
     cached = work / "dataset.safetensors"
+    inputs = args.inputs.split(",")
+    unknown = sorted(set(inputs) - set(INPUTS))
+    if unknown:  # before recording, which takes minutes
+        raise ValueError(f"unknown rule inputs {unknown}; choose from {sorted(INPUTS)}")
     dataset = distill.Dataset.load(cached) if cached.exists() else None
-    if dataset is None or any(dataset.metadata.get(k) != v for k, v in {**spec, "teacher": args.teacher}.items()):
+    stale = dataset is not None and (
+        any(dataset.metadata.get(k) != v for k, v in {**spec, "teacher": args.teacher}.items())
+        or not set(inputs) <= set(dataset.columns)  # recorded before an input was added
+    )
+    if dataset is None or stale:
         dataset = distill.record(teacher, data_root=args.data_root, progress_bar=not args.no_progress, **spec)
         dataset.metadata["teacher"] = args.teacher
         dataset.save(cached)
@@ -101,7 +110,6 @@ def _distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=torch.get_num_threads(),
     )
-    inputs = args.inputs.split(",")
     result = distill.fit(dataset, inputs, get_backend(args.backend), settings, heldout_fraction=args.heldout)
     command = "learned-optim " + shlex.join(args.argv)  # the recipe: exactly what was run
     recipe = {

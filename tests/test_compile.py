@@ -5,6 +5,7 @@ import torch
 from conftest import loss_of, small_model
 
 import learned_optim as lo
+from learned_optim.expression import const, op, var
 
 
 @pytest.mark.slow
@@ -56,6 +57,8 @@ def _fused_matches_eager(make, steps: int = 4) -> None:
 
 def test_fused_symbolic_matches_eager():
     _fused_matches_eager(lambda params, fused: lo.Symbolic(params, rule="rnnprop-paper", fused=fused, chunk_size=256))
+    fading = op("add", op("mul", const(0.01), var("m_tilde")), op("mul", var("inv_step"), var("g_tilde")))
+    _fused_matches_eager(lambda params, fused: lo.Symbolic(params, rule=fading, fused=fused, chunk_size=256))
 
 
 @pytest.mark.slow

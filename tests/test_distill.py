@@ -92,3 +92,13 @@ def test_distill_cli_writes_symbolic_weights(tmp_path, capsys):
     assert isinstance(optimizer, lo.Symbolic) and "m_tilde" in optimizer.rule.inputs
     assert main(argv) == 0  # a second run reuses the recorded dataset
     assert "reusing the recorded dataset" in capsys.readouterr().out
+    typo = [*argv[:5], "m_tilde,inv_stpe", *argv[6:]]
+    assert main(typo) == 1 and "unknown rule inputs ['inv_stpe']" in capsys.readouterr().err
+
+
+def test_recording_broadcasts_the_step_input():
+    teacher = lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule=op("mul", const(0.1), var("inv_step")))
+    pretrained = Pretrained("symbolic", teacher.config, teacher.theta)
+    dataset = distill.record(pretrained, "quadratic", trajectories=1, steps=3, progress_bar=False)
+    torch.testing.assert_close(dataset.column("inv_step"), 1.0 / dataset.step.double())
+    torch.testing.assert_close(dataset.target, 0.1 * dataset.column("inv_step"))

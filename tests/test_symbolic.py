@@ -64,6 +64,11 @@ def test_inputs_follow_their_definitions():
     normalized, _ = _run_rule(var("g_tilde"), grads, beta2=0.5)
     v = sum(0.5 * 0.5 ** (3 - i) * g[i] ** 2 for i in range(4)) / (1 - 0.5**4)
     torch.testing.assert_close(normalized[3], g[3] / (v.sqrt() + 1e-8))
+    # 1/t is one number per step shared by all coordinates; it needs no state.
+    fading, state = _run_rule(op("mul", var("g"), var("inv_step")), grads)
+    for t in range(4):
+        torch.testing.assert_close(fading[t], g[t] / (t + 1))
+    assert set(state) == {"step"}
 
 
 def test_constants_are_the_learnable_weights():

@@ -94,7 +94,9 @@ class _Recorder:
         self.parts: dict[str, list[Tensor]] = {"inputs": [], "target": [], "trajectory": [], "step": []}
 
     def add(self, inputs: dict[str, Tensor], direction: Tensor, trajectory: int, step: int) -> None:
-        self.parts["inputs"].append(torch.stack([inputs[name] for name in self.names], dim=1).double())
+        # broadcast_to: an input shared by all coordinates (inv_step) is one 0-dim tensor.
+        columns = [inputs[name].broadcast_to(direction.shape) for name in self.names]
+        self.parts["inputs"].append(torch.stack(columns, dim=1).double())
         self.parts["target"].append(direction.double())
         self.parts["trajectory"].append(torch.full((len(direction),), trajectory))
         self.parts["step"].append(torch.full((len(direction),), step))
@@ -149,7 +151,8 @@ def record(
                         for offset, size in zip(offsets, sizes, strict=True)
                     ]
                 )
-                recorder.add({name: inputs[name][index] for name in names}, direction[index], trajectory, step)
+                rows = {name: inputs[name].broadcast_to(grad.shape)[index] for name in names}
+                recorder.add(rows, direction[index], trajectory, step)
                 params = apply_direction(task, params, direction, 1.0)
             bar.update()
     bar.close()

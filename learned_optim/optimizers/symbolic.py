@@ -11,6 +11,8 @@ inputs, for a coordinate with gradient g_t at step t (β1, β2, ε from the conf
     g_tilde      g̃_t = g_t / (√v̂_t + ε)
     m_0.5, m_0.9, m_0.99    bias-corrected averages of g_t with decay 0.5, 0.9, 0.99
     g_lag1, g_lag2          g_{t−1}, g_{t−2} (zero before the first steps)
+    inv_step     1/t, the same for every coordinate: lets a rule change over the first steps, as a
+                 recurrent teacher does while its hidden state fills, and fade to a fixed rule
 
 Only the accumulators the rule reads are kept: a rule of m̃ alone keeps m and v, the same two
 numbers per coordinate as Adam. Built-in rules (``BUILTIN_RULES``)::
@@ -92,6 +94,8 @@ INPUTS: dict[str, Input] = {
     },
     "g_lag1": Input(("grad_lag1",), lambda g, new, old, step, config: old["grad_lag1"], "g_{t-1}"),
     "g_lag2": Input(("grad_lag1", "grad_lag2"), lambda g, new, old, step, config: old["grad_lag2"], "g_{t-2}"),
+    # A 0-dim tensor, broadcast by the rule's operators: no per-coordinate memory or traffic.
+    "inv_step": Input((), lambda g, new, old, step, config: g.new_ones(()) / step, "t^{-1}"),
 }
 
 ADAM_RULE = op("mul", const(0.001), var("m_tilde"))
