@@ -3,11 +3,14 @@
     python -m benchmarks.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
     python -m benchmarks.meta_speed --no-epoch      # only the K sweep
     python -m benchmarks.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
+    python -m benchmarks.meta_speed --architecture symbolic   # the floor: a one-constant rule instead of the LSTM
 
 A meta-step is one unroll of K inner steps of the LSTM optimizer on ``mnist-mlp`` followed by
 one backward pass and one outer Adam step. With truncated BPTT done in one backward pass per
 unroll the cost grows linearly in K (the column "per inner step" stays flat). The classic
-meta-epoch of Andrychowicz et al. is 20 trajectories × 100 steps with K = 20.
+meta-epoch of Andrychowicz et al. is 20 trajectories × 100 steps with K = 20. With
+``--architecture symbolic`` the optimizer is the rule d = c · m̃ (one learnable constant): what is
+left is the cost of everything but the network (the task, its gradients, autograd).
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ import time
 import torch
 
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+from learned_optim.optimizers.symbolic import BUILTIN_RULES
+
+
+def _config(architecture: str, **settings) -> MetaTrainConfig:
+    # A symbolic optimizer needs a rule; the Adam-like built-in has one constant to meta-train.
+    rule = dict(BUILTIN_RULES["adam"]) if architecture == "symbolic" else {}
+    return MetaTrainConfig(architecture=architecture, optimizer_config=rule, **settings)
 
 
 def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile: bool) -> float:
-    config = MetaTrainConfig(architecture=architecture, horizons=[unroll], unroll=unroll, compile=compile)
+    config = _config(architecture, horizons=[unroll], unroll=unroll, compile=compile)
     trainer = MetaTrainer(config, "/tmp")
     for _ in range(2):  # warm-up: data loading, allocator, and both compiles (fresh state, state with a graph)
         trainer.meta_trajectory(unroll)
@@ -34,9 +44,7 @@ def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile:
 
 
 def seconds_per_meta_epoch(architecture: str, compile: bool) -> float:
-    config = MetaTrainConfig(
-        architecture=architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile
-    )
+    config = _config(architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile)
     trainer = MetaTrainer(config, "/tmp")
     trainer.meta_trajectory(40)
     started = time.perf_counter()
