@@ -317,6 +317,30 @@ def test_meta_tuning_a_symbolic_rule_starts_from_its_weights_and_writes_tuned_co
         MetaTrainer(MetaTrainConfig.from_dict({**config.__dict__, "optimizer_config": {"beta1": 0.5}}), tmp_path / "x")
 
 
+def test_meta_tuning_never_returns_weights_that_validate_worse_than_its_start(tmp_path, monkeypatch):
+    lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule="adam").save_pretrained(tmp_path / "rule")
+    settings = {"architecture": "symbolic", "initial_weights": str(tmp_path / "rule"), "task": "quadratic"}
+    settings |= {"horizons": [10], "unroll": 5, "meta_epochs": 2, "trajectories_per_epoch": 1, "meta_lr": 0.01}
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(settings), tmp_path / "run")
+    start = trainer.theta["constants"].clone()
+    validations = iter([0.5, 0.9, 0.7])  # the start, then two worse epochs
+    monkeypatch.setattr(trainer, "validate", lambda: next(validations))
+    result = trainer.run(progress_bar=False)
+    assert not torch.equal(result.theta["constants"], start)  # it did train
+    assert torch.equal(result.best_theta["constants"], start) and result.progress.best_valid == 0.5
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["phase"], r["valid_loss"]) for r in rows] == [
+        (0, "initial", 0.5),
+        (1, "meta", 0.9),
+        (2, "meta", 0.7),
+    ]
+    from learned_optim.meta.export import export_weights
+
+    out = export_weights(trainer, result, tmp_path / "tuned", "test")
+    assert json.loads((out / "config.json").read_text())["metrics"]["meta_validation"]["epoch"] == 0
+    assert "| 0 | initial | 10 | — | 0.5000 |" in (out / "README.md").read_text()
+
+
 def test_git_commit_marks_uncommitted_changes(tmp_path, monkeypatch):
     from learned_optim.meta.export import git_commit
 

@@ -47,13 +47,17 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
     }
 
 
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"  # the epoch-0 row of given weights has no training loss
+
+
 def training_card(
     name: str, trainer: MetaTrainer, result: MetaTrainResult, recipe: dict[str, Any], optimizer_config: dict[str, Any]
 ) -> str:
     config = trainer.config
     history = result.progress.history
     rows = "\n".join(
-        f"| {r['epoch']} | {r['phase']} | {r['horizon']} | {r['train_loss']:.4f} | {r['valid_loss']:.4f} |"
+        f"| {r['epoch']} | {r['phase']} | {r['horizon']} | {_loss(r['train_loss'])} | {r['valid_loss']:.4f} |"
         for r in history
     )
     return f"""---
@@ -106,7 +110,9 @@ def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Pat
     recipe = recipe_of(trainer, result, command)
     # The epoch whose weights were kept: its validation loss is the run's best_valid.
     kept = [
-        r for r in result.progress.history if r["phase"] == "meta" and r["valid_loss"] == result.progress.best_valid
+        r
+        for r in result.progress.history
+        if r["phase"] in ("meta", "initial") and r["valid_loss"] == result.progress.best_valid
     ]
     metrics = {
         "meta_validation": {

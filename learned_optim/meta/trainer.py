@@ -262,6 +262,8 @@ class MetaTrainer:
             from learned_optim.meta.export import git_commit
 
             progress.started_at_commit = git_commit()
+            if config.initial_weights and not config.imitation_epochs:
+                self._validate_initial_weights()
         total_epochs = config.imitation_epochs + config.meta_epochs
         bar = tqdm(
             total=total_epochs * config.trajectories_per_epoch,
@@ -293,6 +295,27 @@ class MetaTrainer:
             progress,
         )
 
+    def _validate_initial_weights(self) -> None:
+        """Given weights are the first candidate (epoch 0, phase "initial"): meta-tuning a rule or a
+        trained network then never returns weights that validate worse than its start."""
+        started = time.perf_counter()
+        valid = self.validate()
+        self.progress.best_valid = valid
+        self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
+        self.progress.seconds += time.perf_counter() - started
+        record = {"epoch": 0, "phase": "initial", "horizon": self.config.horizons[0], "train_loss": None}
+        self._record(record | {"valid_loss": valid, "skipped_steps": 0})
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Append an epoch's row to the history, checkpoint, and rewrite ``metrics.jsonl``."""
+        progress = self.progress
+        record["minutes"] = progress.seconds / 60
+        progress.history.append(record)
+        self.save_checkpoint()
+        if distributed.rank() == 0:
+            with open(self.run_dir / METRICS_NAME, "w", encoding="utf-8") as metrics:
+                metrics.writelines(json.dumps(row) + "\n" for row in progress.history)
+
     def _end_epoch(self, imitating: bool, horizon: int) -> None:
         config, progress = self.config, self.progress
         started = time.perf_counter()
@@ -318,15 +341,10 @@ class MetaTrainer:
                 if not config.validation_horizon:  # validation follows the horizon: a new loss scale
                     progress.best_valid = math.inf
         progress.seconds += time.perf_counter() - started
-        record["minutes"] = progress.seconds / 60
-        progress.history.append(record)
         progress.epoch += 1
         progress.trajectory = 0
         progress.epoch_losses = []
-        self.save_checkpoint()
-        if distributed.rank() == 0:
-            with open(self.run_dir / METRICS_NAME, "w", encoding="utf-8") as metrics:
-                metrics.writelines(json.dumps(row) + "\n" for row in progress.history)
+        self._record(record)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -386,7 +404,12 @@ class MetaTrainer:
 
         epochs = [row["epoch"] for row in history]
         figure, axis = plt.subplots(figsize=(7, 4))
-        axis.plot(epochs, [row["train_loss"] for row in history], label="meta-train (mean inner loss / imitation)")
+        trained = [row for row in history if row["train_loss"] is not None]  # epoch 0 has no training loss
+        axis.plot(
+            [row["epoch"] for row in trained],
+            [row["train_loss"] for row in trained],
+            label="meta-train (mean inner loss / imitation)",
+        )
         axis.plot(epochs, [row["valid_loss"] for row in history], label="meta-validation (mean inner loss)")
         for previous, row in itertools.pairwise(history):
             if row["horizon"] != previous["horizon"]:
