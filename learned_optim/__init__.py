@@ -5,7 +5,7 @@ opt = lo.load("rnnprop-mnist", model.parameters())   # was: torch.optim.Adam(mod
 """
 
 from learned_optim.base import LearnedOptimizer
-from learned_optim.errors import UnknownArchitectureError, WeightsError
+from learned_optim.errors import DatasetUnavailableError, UnknownArchitectureError, WeightsError
 from learned_optim.hub import (
     Pretrained,
     WeightsNotFoundError,
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
+    "DatasetUnavailableError",
     "Hamiltonian",
     "HamiltonianConfig",
     "LSTMConfig",

@@ -10,3 +10,7 @@ class UnknownArchitectureError(WeightsError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise print the message with quotes
         return str(self.args[0])
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A dataset is neither in the data folder nor downloadable (offline, or the mirrors failed)."""

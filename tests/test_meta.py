@@ -356,3 +356,22 @@ def test_git_commit_marks_uncommitted_changes(tmp_path, monkeypatch):
     (tmp_path / "recipe.json").write_text('{"seed": 1}')
     assert git_commit() == clean + "+dirty"
     assert git_commit(ignore=[tmp_path / "recipe.json", "/elsewhere/results.json"]) == clean
+
+
+def test_a_dataset_that_is_missing_and_cannot_be_downloaded_is_a_clear_error(tmp_path, monkeypatch):
+    import re
+
+    import torchvision
+
+    from learned_optim.errors import DatasetUnavailableError
+    from learned_optim.meta.tasks.data import load_images
+
+    monkeypatch.delenv("LEARNED_OPTIM_DATA_MIRROR", raising=False)
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+    expected = f"FashionMNIST is not in {re.escape(str(tmp_path))} .*LEARNED_OPTIM_DATA"
+    with pytest.raises(DatasetUnavailableError, match=expected):
+        load_images("FashionMNIST", train=True, root=tmp_path)

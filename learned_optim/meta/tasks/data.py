@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from learned_optim.errors import DatasetUnavailableError
+
 DATASETS = ("MNIST", "FashionMNIST", "CIFAR10")
 
 
@@ -48,7 +50,14 @@ def load_images(name: str, train: bool, root: str | os.PathLike[str] | None = No
 
     folder = data_root(root)
     _copy_from_mirror(name, folder)
-    dataset = getattr(torchvision.datasets, name)(str(folder), train=train, download=True)
+    try:
+        dataset = getattr(torchvision.datasets, name)(str(folder), train=train, download=True)
+    except (OSError, RuntimeError) as error:  # torchvision's download failures, e.g. no network
+        raise DatasetUnavailableError(
+            f"{name} is not in {folder} and could not be downloaded ({error}). Put torchvision's files "
+            f"there, pass a data root, set LEARNED_OPTIM_DATA to a folder that has them, or set "
+            f"LEARNED_OPTIM_DATA_MIRROR to a folder with {name}/raw/*.gz"
+        ) from error
     data = torch.as_tensor(dataset.data)
     # torchvision keeps MNIST-like data as (N, H, W) tensors and CIFAR as (N, H, W, C) arrays.
     images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)
