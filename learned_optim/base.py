@@ -118,7 +118,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     Args:
         params: iterable of parameters or of param-group dicts, as for any ``torch.optim`` optimizer.
-        lr: multiplies the learned step; 1.0 is the step the network was trained with.
+        lr: multiplies the learned step (a float, or a 0-dim tensor as torch.optim allows); 1.0 is
+            the step the network was trained with.
         weight_decay: decoupled weight decay coefficient.
         maximize: maximize the objective instead of minimizing it.
         config: the architecture's config dataclass (or a dict of its fields); defaults otherwise.
@@ -147,7 +148,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1.0,
+        lr: float | Tensor = 1.0,
         *,
         weight_decay: float = 0.0,
         maximize: bool = False,
@@ -280,7 +281,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if fused_step is not None:
             # Tensors, not Python numbers: a changed number would make torch.compile recompile.
             step_t = step.to(device=p.device, dtype=compute_dtype)
-            lr_t = torch.tensor(lr, device=p.device, dtype=compute_dtype)
+            lr_t = torch.as_tensor(lr).to(device=p.device, dtype=compute_dtype)
         else:
             # In the parameter's precision, as fused: a float32 count would put float32 rounding into
             # a float64 parameter's bias corrections (1 − 0.999^t is off by 1e-5 relative in float32).
@@ -306,7 +307,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 new_state = {k: torch.where(finite, v, chunk_state[k]) for k, v in new_state.items()}
             for key, old in chunk_state.items():
                 old.copy_(new_state[key])
-            flat_param[start:end].sub_(direction, alpha=lr)
+            if isinstance(lr, Tensor):  # a tensor lr (as torch.optim allows) cannot be an alpha
+                flat_param[start:end].sub_(direction * lr.to(direction.dtype))
+            else:
+                flat_param[start:end].sub_(direction, alpha=lr)
         if target is not p:
             p.copy_(target)
 

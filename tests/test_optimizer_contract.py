@@ -69,6 +69,14 @@ def test_lr_multiplies_the_learned_step(optimizer_class):
         torch.testing.assert_close(b, a * 0.25, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_tensor_lr_is_the_float_lr(optimizer_class, fused):
+    as_float, _ = _one_step_delta(optimizer_class, lr=0.25, weight_decay=0.1, fused=fused)
+    as_tensor, _ = _one_step_delta(optimizer_class, lr=torch.tensor(0.25), weight_decay=0.1, fused=fused)
+    for a, b in zip(as_float, as_tensor, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-8)
+
+
 def test_decoupled_weight_decay(optimizer_class):
     lr, decay = 0.5, 0.2
     plain, before = _one_step_delta(optimizer_class, lr=lr)
