@@ -35,6 +35,9 @@ def plot_response(dataset: Dataset, distillation: Distillation, path: Path, teac
         low, high = torch.quantile(x, torch.tensor([0.005, 0.995], dtype=x.dtype)).tolist()
         axis.scatter(x, dataset.target[rows], s=3, alpha=0.35, label=f"{teacher} (neural)")
         axis.scatter(x, predicted, s=3, alpha=0.35, label="symbolic")
+        if low > 0 and high > 100 * low:  # a positive input over decades, such as 1/t: log scale
+            axis.set_xscale("log")
+            low, high = x.min().item(), x.max().item()
         axis.set_xlim(low, high)
         axis.set_xlabel(f"${INPUTS[name].latex}$")
         axis.set_ylabel("direction $d_t$")
