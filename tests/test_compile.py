@@ -79,3 +79,36 @@ def test_fused_optimizer_pickles_without_its_compiled_step():
     optimizer.step()
     copy = pickle.loads(pickle.dumps(optimizer))
     assert copy._compiled_step is None and copy.param_groups[0]["fused"]
+
+
+def test_small_tensors_share_one_fused_call(monkeypatch):
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 2), (7, 3)]
+    fused_params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    fused_params.append(torch.nn.Parameter(torch.randn(6, 4).t()))  # not contiguous
+    eager_params = [torch.nn.Parameter(p.detach().clone()) for p in fused_params]
+    fused = lo.Symbolic(fused_params, rule="rnnprop-paper", fused=True, weight_decay=0.1)
+    eager = lo.Symbolic(eager_params, rule="rnnprop-paper", weight_decay=0.1)
+    compiled, calls = fused._fused_step(), []
+
+    def counted(*args):
+        calls.append(args[1].numel())
+        compiled(*args)
+
+    monkeypatch.setattr(fused, "_fused_step", lambda: counted)
+    for step in range(3):
+        for index, (p, q) in enumerate(zip(fused_params, eager_params, strict=True)):
+            if step == 1 and index == 0:
+                p.grad = q.grad = None  # skipped once: its step count falls behind the others'
+            else:
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+        fused.step()
+        eager.step()
+    total = sum(p.numel() for p in fused_params)
+    assert calls == [total, total - 12, 12, total - 12]  # one call per step count
+    for p, q in zip(fused_params, eager_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+        for key, value in eager.state[q].items():
+            torch.testing.assert_close(fused.state[p][key], value, rtol=1e-5, atol=1e-7)
+    assert not fused_params[-1].is_contiguous()
