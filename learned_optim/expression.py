@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from learned_optim.nets.coordinatewise import tanh
+
 MAX_NODES = 256
 MAX_DEPTH = 32
 MAX_EXPONENT = 8
@@ -91,7 +93,9 @@ OPERATORS: dict[str, Operator] = {
     "sqrt": Operator(1, torch.sqrt, "sqrt({0})"),
     "exp": Operator(1, torch.exp, "exp({0})"),
     "log": Operator(1, torch.log, "log({0})"),
-    "tanh": Operator(1, torch.tanh, "tanh({0})"),
+    # On the CPU as 2σ(2x) − 1 (the LSTM's helper): ~20% off a fused distilled rule's step at 10M;
+    # within 2e-7 of tanh in float32 (absolute), 3e-16 in float64.
+    "tanh": Operator(1, tanh, "tanh({0})"),
     "sinh": Operator(1, _sinh, "sinh({0})"),
     "cosh": Operator(1, torch.cosh, "cosh({0})"),
     "sin": Operator(1, torch.sin, "sin({0})"),

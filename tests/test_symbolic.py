@@ -125,6 +125,19 @@ def test_unknown_builtin_rule_names_the_choices():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_operator_is_tanh_within_two_ulp_of_one(dtype):
+    tanh = lo.expression.OPERATORS["tanh"].torch_fn
+    x = torch.linspace(-30, 30, 60001, dtype=dtype, requires_grad=True)
+    value = tanh(x)
+    value.sum().backward()
+    exact = torch.tanh(x.detach().double())
+    ulp = torch.finfo(dtype).eps
+    assert (value.detach().double() - exact).abs().max() <= 2 * ulp
+    torch.testing.assert_close(x.grad.double(), 1 - exact**2, rtol=0, atol=4 * ulp)
+    assert tanh(torch.tensor([-1000.0, 0.0, 1000.0], dtype=dtype)).tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sinh_operator_agrees_with_torch_sinh_and_its_gradient_is_cosh(dtype):
     sinh = lo.expression.OPERATORS["sinh"].torch_fn
     generator = torch.Generator().manual_seed(0)
