@@ -130,3 +130,14 @@ def test_quadratic_eval_reports_f_per_seed_and_step():
     assert [len(v) for v in losses.values()] == [2, 2]
     assert losses[5][0] != losses[5][1]  # two different task instances
     assert all(late < early for early, late in zip(losses[5], losses[50], strict=True))
+
+
+def test_distill_ceiling_tells_informative_inputs_from_useless_ones():
+    pytest.importorskip("sklearn")
+    from benchmarks.distill_ceiling import ceiling
+    from learned_optim.meta import distill
+
+    dataset = distill.record_synthetic(lambda g, state: (0.5 * g, state), coordinates=200, steps=10)
+    heldout = dataset.heldout_mask(0.25).numpy()
+    assert ceiling(dataset, ("g",), heldout) > 0.99
+    assert ceiling(dataset, ("inv_step",), heldout) < 0.1
