@@ -235,7 +235,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if p.grad.is_complex():
                     raise RuntimeError(f"{type(self).__name__} does not support complex gradients")
                 work.append((group, p))
-        together: dict[tuple[Any, ...], list[tuple[Tensor, dict[str, Tensor]]]] = {}
+        together: dict[tuple[Any, ...], tuple[dict[str, Any], list[tuple[Tensor, dict[str, Tensor]]]]] = {}
         for group, p in work:
             state = self.state[p]
             if not state:
@@ -244,14 +244,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             state["step"] += 1
             if group["fused"] and 0 < p.numel() <= FUSED_GROUP_NUMEL and not _is_dtensor(p):
                 key = (id(group), p.device, p.dtype, float(state["step"]))
-                together.setdefault(key, []).append((p, state))
+                together.setdefault(key, (group, []))[1].append((p, state))
                 continue
             # Sharded (DTensor) parameters: the network is coordinatewise and keeps no per-tensor
             # statistic, so each rank updates its own shard and ranks never need to communicate.
             local_state = {k: _local(v) for k, v in state.items()}
             self._update_parameter(_local(p), _local(p.grad), local_state, group)
-        for (group_id, *_), members in together.items():
-            group = next(g for g in self.param_groups if id(g) == group_id)
+        for group, members in together.values():
             if len(members) == 1:
                 p, state = members[0]
                 self._update_parameter(p, p.grad, state, group)

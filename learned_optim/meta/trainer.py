@@ -300,11 +300,15 @@ class MetaTrainer:
         trained network then never returns weights that validate worse than its start."""
         started = time.perf_counter()
         valid = self.validate()
-        self.progress.best_valid = valid
-        self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
+        self._keep_as_best(valid)
         self.progress.seconds += time.perf_counter() - started
         record = {"epoch": 0, "phase": "initial", "horizon": self.config.horizons[0], "train_loss": None}
         self._record(record | {"valid_loss": valid, "skipped_steps": 0})
+
+    def _keep_as_best(self, valid: float) -> None:
+        self.progress.best_valid = valid
+        self.progress.epochs_since_best = 0
+        self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
 
     def _record(self, record: dict[str, Any]) -> None:
         """Append an epoch's row to the history, checkpoint, and rewrite ``metrics.jsonl``."""
@@ -330,9 +334,7 @@ class MetaTrainer:
         }
         # Imitation epochs only warm up; best weights are chosen among meta-training epochs.
         if not imitating and valid < progress.best_valid:
-            progress.best_valid = valid
-            progress.epochs_since_best = 0
-            self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
+            self._keep_as_best(valid)
         elif not imitating:
             progress.epochs_since_best += 1
             if progress.epochs_since_best >= config.patience and progress.horizon_index + 1 < len(config.horizons):
