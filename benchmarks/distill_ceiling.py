@@ -17,9 +17,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from learned_optim.expression import Rule
-from learned_optim.meta.distill import Dataset, predict
+from learned_optim.meta.distill import Dataset, predict, r2_score
 from learned_optim.optimizers.symbolic import INPUTS
 
 INPUT_SETS = (("m_tilde", "g_tilde"), ("m_tilde", "g_tilde", "inv_step"))
@@ -32,8 +33,7 @@ def ceiling(dataset: Dataset, inputs: tuple[str, ...], heldout: np.ndarray) -> f
     features = np.column_stack([dataset.column(name).numpy() for name in inputs])
     target = dataset.target.numpy()
     model = HistGradientBoostingRegressor(max_iter=300, random_state=0).fit(features[~heldout], target[~heldout])
-    residual = model.predict(features[heldout]) - target[heldout]
-    return 1.0 - float((residual**2).sum() / ((target[heldout] - target[heldout].mean()) ** 2).sum())
+    return r2_score(torch.from_numpy(model.predict(features[heldout])), dataset.target[torch.from_numpy(heldout)])
 
 
 def main() -> None:
