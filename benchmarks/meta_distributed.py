@@ -55,7 +55,7 @@ def main() -> None:
                 }
             )
         )
-    torch.distributed.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

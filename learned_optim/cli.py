@@ -52,9 +52,14 @@ def _meta_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     trainer = MetaTrainer(config, run_dir, data_root=args.data_root)
     result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
-    if args.distributed and distributed.rank() != 0:
-        return 0  # rank 0 exports the weights
-    launcher = f"torchrun --nproc_per_node {distributed.world_size()} -m learned_optim" if args.distributed else ""
+    launcher = ""
+    if args.distributed:
+        exports = distributed.rank() == 0
+        launcher = f"torchrun --nproc_per_node {distributed.world_size()} -m learned_optim"
+        # Every rank leaves the process group before exiting: without it gloo's threads can abort at exit.
+        distributed.shutdown()
+        if not exports:
+            return 0  # rank 0 exports the weights
     command = f"{launcher or 'learned-optim'} meta-train {args.config}"
     command += (f" --threads {args.threads}" if args.threads else "") + (" --distributed" if args.distributed else "")
     out = export_weights(trainer, result, args.out or run_dir / "weights", command)

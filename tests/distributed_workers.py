@@ -11,6 +11,7 @@ with the full parameters after every step.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import learned_optim as lo
+from learned_optim.meta import distributed
 
 STEPS = 20
 GLOBAL_BATCH = 16
@@ -71,7 +73,7 @@ def main() -> None:
     if args.mode == "meta":  # rank r unrolls the task instance of seed 100 + r
         gradient = unroll_gradient(args.optimizer, 100 + rank, args.out / f"run{rank}")
         torch.save(gradient, args.out / f"meta-{args.optimizer}-rank{rank}.pt")
-        dist.destroy_process_group()
+        distributed.shutdown()
         return
     model, batches = model_and_batches()
     if args.mode == "ddp":
@@ -113,9 +115,10 @@ def main() -> None:
             dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(args.out / "checkpoint"))
     suffix = "-resumed" if args.resume_from else ""
     torch.save(history, args.out / f"{args.mode}-{args.optimizer}{suffix}-rank{rank}.pt")
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    faulthandler.enable(all_threads=True)  # an abort in C++ (SIGABRT) still prints every thread's Python stack
     main()

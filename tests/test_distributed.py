@@ -7,6 +7,7 @@ averaged in another order (all-reduce or reduce-scatter), so parameters agree to
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,24 @@ pytestmark = [
 WORKERS = Path(__file__).with_name("distributed_workers.py")
 
 
-def launch(*args: str) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKERS), *map(str, args)]
+# Once in CI a gloo worker aborted in C++ with this message (std::terminate on a joinable thread), not
+# reproduced in about 75 local launches. Every run is deterministic, so such a launch is relaunched once, with a
+# warning; a second abort, or any other failure, fails the test.
+ABORT_IN_CPP = "terminate called without an active exception"
+
+
+def torchrun(*args: str | Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and ABORT_IN_CPP in result.stderr:
+        warnings.warn(f"a torchrun worker aborted in C++; relaunched once:\n{result.stderr[-2000:]}", stacklevel=2)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def launch(*args: str | Path) -> None:
+    torchrun(WORKERS, *args)
 
 
 def single_process_history(name: str) -> list[list[torch.Tensor]]:
@@ -96,16 +111,24 @@ def test_distributed_meta_training_from_the_command_line_writes_weights_and_resu
         '{"architecture": "rnnprop", "task": "quadratic", "horizons": [10], "unroll": 5, "meta_epochs": 2, '
         '"trajectories_per_epoch": 4, "validation_trajectories": 2, "inner_lr": 0.1}'
     )
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "learned_optim"]
-    args = ["meta-train", str(config), "--run-dir", str(tmp_path / "run"), "--distributed", "--no-progress"]
-    result = subprocess.run([*run, *args], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["-m", "learned_optim", "meta-train", config, "--run-dir", tmp_path / "run", "--distributed"]
+    args.append("--no-progress")
+    torchrun(*args)
     weights = tmp_path / "run" / "weights"
     recipe = (weights / "config.json").read_text()
     assert "torchrun --nproc_per_node 2 -m learned_optim meta-train" in recipe
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # two epochs of 4 trajectories, 2 per meta-step
     first = (weights / "model.safetensors").read_bytes()
-    again = subprocess.run([*run, *args, "--resume"], capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    torchrun(*args, "--resume")
     assert (weights / "model.safetensors").read_bytes() == first  # finished run: resume changes nothing
+
+
+def test_shutdown_leaves_the_process_group_and_is_a_no_op_outside_one():
+    from learned_optim.meta import distributed
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    assert distributed.initialized() and distributed.world_size() == 1
+    distributed.shutdown()
+    assert not distributed.initialized()
+    distributed.shutdown()  # nothing to leave: no error

@@ -40,6 +40,16 @@ def init_from_environment() -> None:
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def shutdown() -> None:
+    """Leave the process group, as every rank must before it exits (``destroy_process_group``).
+
+    A barrier first, so that no rank closes its connections while another is still in a collective.
+    """
+    if initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def average_gradients(params: Iterable[Tensor]) -> None:
     """Replace each parameter's gradient by its mean over the ranks."""
     if world_size() == 1:
