@@ -164,3 +164,17 @@ def test_integer_power_is_pow_and_so_is_its_gradient(exponent):
     torch.testing.assert_close(powered, x.detach() ** exponent, rtol=1e-14, atol=0)
     (gradient,) = torch.autograd.grad(powered.sum(), x)
     torch.testing.assert_close(gradient, exponent * x.detach() ** (exponent - 1), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bias_correction_of_a_tensor_step_matches_the_power_it_replaces(dtype):
+    from learned_optim.features import bias_correction
+
+    steps = torch.arange(1, 20001, dtype=dtype)
+    for decay in (0.0, 0.5, 0.9, 0.999):
+        exact = 1.0 - decay ** steps.double()
+        got = bias_correction(decay, steps)
+        assert got.dtype == dtype
+        # float32: β itself rounds to float32 in a tensor power; here ln β stays in double, so no worse.
+        torch.testing.assert_close(got.double(), exact, rtol=2e-5 if dtype == torch.float32 else 1e-12, atol=0)
+        assert bias_correction(decay, 7) == 1.0 - decay**7

@@ -7,6 +7,9 @@ m̃_t = m̂_t / (√v̂_t + ε),                   g̃_t = g_t / (√v̂_t + ε)
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 
@@ -15,11 +18,21 @@ def ema(average: Tensor, value: Tensor, decay: float) -> Tensor:
     return average * decay + value * (1.0 - decay)
 
 
+def bias_correction(decay: float, step: Tensor | float) -> Tensor | float:
+    """``1 − decay^t`` at 1-based step ``t``.
+
+    A tensor step is raised as exp(t · ln decay), not ``decay**t``: compiled for the CPU, Inductor
+    calls libm's ``pow`` once per 8 coordinates inside its loop (about half of a fused symbolic step
+    at 10M coordinates), while this form runs at the loop's speed. It is as accurate in float32.
+    """
+    if isinstance(step, Tensor) and decay > 0:
+        return 1.0 - torch.exp(step * math.log(decay))
+    return 1.0 - decay**step
+
+
 def adam_normalized(
     grad: Tensor, m: Tensor, v: Tensor, step: Tensor | float, beta1: float, beta2: float, eps: float
 ) -> tuple[Tensor, Tensor]:
     """``(m̃, g̃)`` from already-updated moments ``m``, ``v`` at 1-based ``step``."""
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    denom = (v / bias_correction2).sqrt() + eps
-    return (m / bias_correction1) / denom, grad / denom
+    denom = (v / bias_correction(beta2, step)).sqrt() + eps
+    return (m / bias_correction(beta1, step)) / denom, grad / denom

@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
-from learned_optim.features import ema
+from learned_optim.features import bias_correction, ema
 from learned_optim.nets import init_linear, linear
 
 MOMENTUM_FEATURES = {"tanh": torch.tanh, "softsign": functional.softsign}
@@ -141,7 +141,7 @@ def update(
     g = grad.reshape(numel).to(theta["output.weight"].dtype)
     p = state["momentum"].reshape(numel)
     exp_avg_sq = ema(state["exp_avg_sq"].reshape(numel), g * g, config.beta)
-    scale = (exp_avg_sq / (1.0 - config.beta**step)).sqrt() + config.eps
+    scale = (exp_avg_sq / bias_correction(config.beta, step)).sqrt() + config.eps
     features = [g / scale, MOMENTUM_FEATURES[config.momentum_feature](p)]
     dissipation, gain = _dissipation_and_port_gain(theta, features, config)
     port = gain * config.step_scale

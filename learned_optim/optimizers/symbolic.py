@@ -40,7 +40,7 @@ from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.expression import Rule, const, op, var
-from learned_optim.features import adam_normalized, ema
+from learned_optim.features import adam_normalized, bias_correction, ema
 
 SymbolicState = dict[str, Tensor]
 MOMENTUM_DECAYS = (0.5, 0.9, 0.99)
@@ -56,7 +56,7 @@ class Input:
 
 
 def _bias_corrected(name: str, decay: float) -> Callable[..., Tensor]:
-    return lambda g, new, old, step, config: new[name] / (1.0 - decay**step)
+    return lambda g, new, old, step, config: new[name] / bias_correction(decay, step)
 
 
 def _ema_of_grad(decay: float) -> Callable[..., Tensor]:
@@ -84,7 +84,9 @@ ACCUMULATORS: dict[str, Callable[[SymbolicState, Tensor, Any], Tensor]] = {
 INPUTS: dict[str, Input] = {
     "g": Input((), lambda g, new, old, step, config: g, "g_t"),
     "m_hat": Input(
-        ("exp_avg",), lambda g, new, old, step, config: new["exp_avg"] / (1.0 - config.beta1**step), r"\hat{m}_t"
+        ("exp_avg",),
+        lambda g, new, old, step, config: new["exp_avg"] / bias_correction(config.beta1, step),
+        r"\hat{m}_t",
     ),
     "m_tilde": Input(("exp_avg", "exp_avg_sq"), _normalized(0), r"\tilde{m}_t"),
     "g_tilde": Input(("exp_avg", "exp_avg_sq"), _normalized(1), r"\tilde{g}_t"),
