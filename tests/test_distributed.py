@@ -28,14 +28,13 @@ WORKERS = Path(__file__).with_name("distributed_workers.py")
 ABORT_IN_CPP = "terminate called without an active exception"
 
 
-def torchrun(*args: str | Path) -> subprocess.CompletedProcess:
+def torchrun(*args: str | Path) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if result.returncode != 0 and ABORT_IN_CPP in result.stderr:
         warnings.warn(f"a torchrun worker aborted in C++; relaunched once:\n{result.stderr[-2000:]}", stacklevel=2)
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def launch(*args: str | Path) -> None:
@@ -111,8 +110,10 @@ def test_distributed_meta_training_from_the_command_line_writes_weights_and_resu
         '{"architecture": "rnnprop", "task": "quadratic", "horizons": [10], "unroll": 5, "meta_epochs": 2, '
         '"trajectories_per_epoch": 4, "validation_trajectories": 2, "inner_lr": 0.1}'
     )
-    args = ["-m", "learned_optim", "meta-train", config, "--run-dir", tmp_path / "run", "--distributed"]
-    args.append("--no-progress")
+    args = [
+        *("-m", "learned_optim", "meta-train", config),
+        *("--run-dir", tmp_path / "run", "--distributed", "--no-progress"),
+    ]
     torchrun(*args)
     weights = tmp_path / "run" / "weights"
     recipe = (weights / "config.json").read_text()
