@@ -4,6 +4,7 @@
     python -m benchmarks.meta_speed --no-epoch      # only the K sweep
     python -m benchmarks.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
     python -m benchmarks.meta_speed --architecture symbolic   # the floor: a one-constant rule instead of the LSTM
+    python -m benchmarks.meta_speed --epochs 3 --json F        # three meta-epochs; rows, commit and machine to F
 
 A meta-step is one unroll of K inner steps of the LSTM optimizer on ``mnist-mlp`` followed by
 one backward pass and one outer Adam step. With truncated BPTT done in one backward pass per
@@ -11,6 +12,10 @@ unroll the cost grows linearly in K (the column "per inner step" stays flat). Th
 meta-epoch of Andrychowicz et al. is 20 trajectories × 100 steps with K = 20. With
 ``--architecture symbolic`` the optimizer is the rule d = c · m̃ (one learnable constant): what is
 left is the cost of everything but the network (the task, its gradients, autograd).
+
+This CPU's speed drifts from day to day by more than any change to the code (the same compiled
+meta-epoch: 24.9 s one day, 39.6–41.8 s another), so the script prints the machine's current matrix
+product and memory speed (``benchmarks.machine_speed``) before and after its timings.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
 from learned_optim.optimizers.symbolic import BUILTIN_RULES
+
+from .machine_speed import describe, machine_speed
+from .suites import environment
 
 
 def _config(architecture: str, **settings) -> MetaTrainConfig:
@@ -43,14 +53,18 @@ def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile:
     return (time.perf_counter() - started) / repeats
 
 
-def seconds_per_meta_epoch(architecture: str, compile: bool) -> float:
+def seconds_per_meta_epoch(architecture: str, compile: bool, epochs: int = 1) -> list[float]:
+    """Wall-clock seconds of each of ``epochs`` classic meta-epochs, after one warm-up trajectory."""
     config = _config(architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile)
     trainer = MetaTrainer(config, "/tmp")
     trainer.meta_trajectory(40)
-    started = time.perf_counter()
-    for _ in range(config.trajectories_per_epoch):
-        trainer.meta_trajectory(100)
-    return time.perf_counter() - started
+    seconds = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        for _ in range(config.trajectories_per_epoch):
+            trainer.meta_trajectory(100)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def main() -> None:
@@ -59,22 +73,41 @@ def main() -> None:
     parser.add_argument("--unrolls", nargs="*", type=int, default=[5, 10, 20, 40])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-epoch", action="store_true")
+    parser.add_argument("--epochs", type=int, default=1, help="meta-epochs to time, one after another")
     parser.add_argument("--compile", action="store_true", help="torch.compile the inner update")
+    parser.add_argument("--json", type=Path, help="also write the rows, commit and machine speed here")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
     rows = []
     machine = platform.processor() or platform.machine()
     mode = "compiled update" if args.compile else "eager"
     print(f"{args.architecture} on mnist-mlp, {mode}, {torch.get_num_threads()} threads, {machine}")
+    speed_before = machine_speed()
+    print(describe(speed_before))
     print("| K | s / meta-step | ms / inner step |\n|---:|---:|---:|")
     for unroll in args.unrolls:
         seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats, args.compile)
         rows.append({"unroll": unroll, "compile": args.compile, "seconds_per_meta_step": seconds})
         print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
     if not args.no_epoch:
-        epoch = seconds_per_meta_epoch(args.architecture, args.compile)
-        print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {epoch:.1f} s")
-        rows.append({"meta_epoch_seconds": epoch})
+        epochs = seconds_per_meta_epoch(args.architecture, args.compile, args.epochs)
+        listed = ", ".join(f"{seconds:.1f}" for seconds in epochs)
+        median = statistics.median(epochs)
+        print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {listed} s (median {median:.1f} s)")
+        rows += [{"compile": args.compile, "meta_epoch_seconds": seconds} for seconds in epochs]
+    speed_after = machine_speed()
+    print(describe(speed_after))
     print(json.dumps(rows))
+    if args.json:
+        record = {
+            "architecture": args.architecture,
+            "environment": environment("cpu"),
+            "machine_speed_before": speed_before,
+            "machine_speed_after": speed_after,
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

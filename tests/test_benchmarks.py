@@ -82,6 +82,23 @@ def test_overhead_script_prints_a_table_and_json(tmp_path):
     assert rows[1]["state_words_per_parameter"] == pytest.approx(82.0, abs=0.01)  # + one step counter
 
 
+def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path):
+    out = tmp_path / "meta-speed.json"
+    command = ["-m", "benchmarks.meta_speed", "--architecture", "symbolic", "--unrolls", "2", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, *command, "--no-epoch", "--json", str(out)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.count("machine now: ") == 2 and "| 2 |" in result.stdout
+    record = json.loads(out.read_text())
+    assert [row["unroll"] for row in record["rows"]] == [2] and record["rows"][0]["seconds_per_meta_step"] > 0
+    for speed in (record["machine_speed_before"], record["machine_speed_after"]):
+        assert set(speed) == {"square_matmul_gflops", "lstm_matmul_gflops", "add_gbytes_per_second"}
+        assert all(0 < value < float("inf") for value in speed.values())
+    assert record["environment"]["commit"]
+    refused = subprocess.run([sys.executable, *command, "--epochs", "0"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--epochs must be at least 1" in refused.stderr
+
+
 def test_make_optimizer_fused_suffix():
     from learned_optim.factory import make_optimizer
 
