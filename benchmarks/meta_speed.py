@@ -79,6 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.json and not args.json.parent.is_dir():  # refuse now, not after minutes of timing
+        parser.error(f"--json: folder {args.json.parent} does not exist")
     rows = []
     machine = platform.processor() or platform.machine()
     mode = "compiled update" if args.compile else "eager"

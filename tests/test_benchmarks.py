@@ -97,6 +97,9 @@ def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path
     assert record["environment"]["commit"]
     refused = subprocess.run([sys.executable, *command, "--epochs", "0"], capture_output=True, text=True)
     assert refused.returncode == 2 and "--epochs must be at least 1" in refused.stderr
+    nowhere = tmp_path / "missing" / "meta-speed.json"
+    refused = subprocess.run([sys.executable, *command, "--json", str(nowhere)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "does not exist" in refused.stderr and "machine now" not in refused.stdout
 
 
 def test_make_optimizer_fused_suffix():
