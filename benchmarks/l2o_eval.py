@@ -105,7 +105,8 @@ def main() -> None:
         if key in cells and cells[key].get("weights_sha256") == digest:
             continue  # cached; a learned optimizer's cell only for the same weights
         cell = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
-        cells[key] = cell | {"commit": commit} | ({"weights_sha256": digest} if digest else {})
+        provenance = {"commit": commit, "machine": platform.platform()}
+        cells[key] = cell | provenance | ({"weights_sha256": digest} if digest else {})
         results["meta"] = {
             "task": args.task,
             "commit": commit,
@@ -134,20 +135,22 @@ def update_card(name: str, results: dict[str, Any], args: argparse.Namespace, re
             for r, cell in by_step.items()
         }
 
-    # The commit that ran this optimizer's cell (older cells predate per-cell commits: the file's).
-    commit = chosen[name][report[-1]].get("commit", results["meta"]["commit"])
+    # The commit and machine that ran this optimizer's cell (older cells predate them: the file's).
+    own_cell = chosen[name][report[-1]]
+    commit = own_cell.get("commit", results["meta"]["commit"])
+    machine = own_cell.get("machine", results["meta"]["machine"])
     document.setdefault("metrics", {})[args.task] = {
         "protocol": f"{args.seeds} seeds, held-out half, baselines tuned over {list(args.lr_grid)}",
         "command": command_line(args),
         "commit": commit,
-        "machine": results["meta"]["machine"],
+        "machine": machine,
         "results": {optimizer: figures(by_step) for optimizer, by_step in chosen.items()},
     }
     (directory / "config.json").write_text(json.dumps(document, indent=2) + "\n")
     card = (directory / "README.md").read_text()
     section = (
         f"### {args.task}\n\n{text}\n\nCommand: `{command_line(args)}` at commit {commit} "
-        f"({results['meta']['machine']}, {results['meta']['threads']} threads).\n"
+        f"({machine}, {results['meta']['threads']} threads).\n"
     )
     head, marker, tail = card.partition("## Evaluation\n")
     if not marker:
@@ -156,7 +159,12 @@ def update_card(name: str, results: dict[str, Any], args: argparse.Namespace, re
         body, next_heading, rest = tail.partition("\n## ")
         blocks = [b for b in body.split("\n### ") if b.strip() and not b.lstrip().startswith("Not evaluated")]
         blocks = [b if b.startswith("### ") else "### " + b for b in blocks]
-        blocks = [b for b in blocks if not b.startswith(f"### {args.task}\n")] + [section]
+        # Replace this task's section where it stands, so rerunning one task keeps the card's order.
+        heading = f"### {args.task}\n"
+        if any(block.startswith(heading) for block in blocks):
+            blocks = [section if block.startswith(heading) else block for block in blocks]
+        else:
+            blocks.append(section)
         card = head + marker + "\n" + "\n".join(b.strip() + "\n" for b in blocks) + next_heading + rest
     (directory / "README.md").write_text(card)
 

@@ -1,5 +1,6 @@
 """Benchmark machinery: stacked multi-seed runs equal separate runs; overhead rows are well formed."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks.l2o_eval import run_cell
+from benchmarks.l2o_eval import run_cell, update_card
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum"])
@@ -54,6 +55,32 @@ def test_l2o_eval_evaluates_new_weights_again(tmp_path, monkeypatch):
     assert len(runs) == 2
     assert second["weights_sha256"] != first["weights_sha256"]
     assert second["eval_loss"] != first["eval_loss"]
+
+
+def test_model_card_update_keeps_section_order_and_names_the_cells_own_commit_and_machine(tmp_path):
+    weights = tmp_path / "my-weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    card = "# card\n\n## Evaluation\n\n### task-a\n\nold a\n\n### task-b\n\nold b\n\n## Recipe\n\nrecipe\n"
+    (weights / "README.md").write_text(card)
+    name = str(weights)
+    cell = {"lr": 1.0, "seconds": 2.0, "train_loss_curve": [1.0, 0.9, 0.8], "eval_loss": {"3": [0.5, 0.7]}}
+    results = {
+        "meta": {"commit": "file-commit", "machine": "file-machine", "threads": 2},
+        "cells": {
+            f"{name}@1/seeds=2/steps=3": cell | {"commit": "cell-commit", "machine": "cell-machine"},
+            "adam@1/seeds=2/steps=3": cell,
+        },
+    }
+    args = argparse.Namespace(task="task-a", seeds=2, steps=3, baselines=["adam"], weights=[name], lr_grid=[1.0])
+    update_card(name, results, args, [3], "NEW TABLE")
+    updated = (weights / "README.md").read_text()
+    assert updated.index("### task-a") < updated.index("NEW TABLE") < updated.index("### task-b")
+    assert "old a" not in updated and "old b" in updated and updated.endswith("## Recipe\n\nrecipe\n")
+    assert "at commit cell-commit (cell-machine, 2 threads)" in updated
+    metrics = json.loads((weights / "config.json").read_text())["metrics"]["task-a"]
+    assert (metrics["commit"], metrics["machine"]) == ("cell-commit", "cell-machine")
+    assert metrics["results"][name]["loss@3"]["value"] == "0.600 ± 0.141"
 
 
 def test_overhead_script_prints_a_table_and_json(tmp_path):
