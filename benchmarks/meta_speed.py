@@ -32,7 +32,7 @@ import torch
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
 from learned_optim.optimizers.symbolic import BUILTIN_RULES
 
-from .machine_speed import describe, machine_speed
+from .machine_speed import describe, lstm_matmul_gflops, machine_speed
 from .suites import environment
 
 
@@ -53,18 +53,24 @@ def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile:
     return (time.perf_counter() - started) / repeats
 
 
-def seconds_per_meta_epoch(architecture: str, compile: bool, epochs: int = 1) -> list[float]:
-    """Wall-clock seconds of each of ``epochs`` classic meta-epochs, after one warm-up trajectory."""
+def seconds_per_meta_epoch(architecture: str, compile: bool, epochs: int = 1) -> list[tuple[float, float]]:
+    """Wall-clock seconds of each of ``epochs`` classic meta-epochs, after one warm-up trajectory,
+    each with the GFLOP/s of the LSTM-shaped product measured just before it.
+
+    That product's speed swings by 2× within minutes on a shared CPU while a square product's
+    stays put, and epoch times follow it, so each epoch carries its own reading.
+    """
     config = _config(architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile)
     trainer = MetaTrainer(config, "/tmp")
     trainer.meta_trajectory(40)
-    seconds = []
+    timed = []
     for _ in range(epochs):
+        product_gflops = round(lstm_matmul_gflops(), 1)
         started = time.perf_counter()
         for _ in range(config.trajectories_per_epoch):
             trainer.meta_trajectory(100)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+        timed.append((time.perf_counter() - started, product_gflops))
+    return timed
 
 
 def main() -> None:
@@ -94,10 +100,15 @@ def main() -> None:
         print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
     if not args.no_epoch:
         epochs = seconds_per_meta_epoch(args.architecture, args.compile, args.epochs)
-        listed = ", ".join(f"{seconds:.1f}" for seconds in epochs)
-        median = statistics.median(epochs)
+        listed = ", ".join(f"{seconds:.1f}" for seconds, _ in epochs)
+        median = statistics.median(seconds for seconds, _ in epochs)
         print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {listed} s (median {median:.1f} s)")
-        rows += [{"compile": args.compile, "meta_epoch_seconds": seconds} for seconds in epochs]
+        products = ", ".join(f"{gflops:.0f}" for _, gflops in epochs)
+        print(f"LSTM-shaped product just before each epoch: {products} GFLOP/s")
+        rows += [
+            {"compile": args.compile, "meta_epoch_seconds": seconds, "lstm_matmul_gflops_before": gflops}
+            for seconds, gflops in epochs
+        ]
     speed_after = machine_speed()
     print(describe(speed_after))
     print(json.dumps(rows))

@@ -112,12 +112,13 @@ def test_overhead_script_prints_a_table_and_json(tmp_path):
 def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path):
     out = tmp_path / "meta-speed.json"
     command = ["-m", "benchmarks.meta_speed", "--architecture", "symbolic", "--unrolls", "2", "--repeats", "1"]
-    result = subprocess.run(
-        [sys.executable, *command, "--no-epoch", "--json", str(out)], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, *command, "--json", str(out)], capture_output=True, text=True, check=True)
     assert result.stdout.count("machine now: ") == 2 and "| 2 |" in result.stdout
+    assert "LSTM-shaped product just before each epoch: " in result.stdout
     record = json.loads(out.read_text())
-    assert [row["unroll"] for row in record["rows"]] == [2] and record["rows"][0]["seconds_per_meta_step"] > 0
+    step_row, epoch_row = record["rows"]
+    assert step_row["unroll"] == 2 and step_row["seconds_per_meta_step"] > 0
+    assert epoch_row["meta_epoch_seconds"] > 0 and 0 < epoch_row["lstm_matmul_gflops_before"] < float("inf")
     for speed in (record["machine_speed_before"], record["machine_speed_after"]):
         assert set(speed) == {"square_matmul_gflops", "lstm_matmul_gflops", "add_gbytes_per_second"}
         assert all(0 < value < float("inf") for value in speed.values())
