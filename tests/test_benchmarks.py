@@ -130,6 +130,32 @@ def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path
     assert refused.returncode == 2 and "does not exist" in refused.stderr and "machine now" not in refused.stdout
 
 
+def test_meta_speed_plot_places_each_epoch_at_its_machine_speed_and_skips_old_records(tmp_path):
+    from benchmarks.meta_speed_plot import epoch_points
+
+    new = {"environment": {"commit": "abc1234"}, "rows": [{"unroll": 20, "seconds_per_meta_step": 0.2}]}
+    new["rows"] += [
+        {"meta_epoch_seconds": 22.0, "lstm_matmul_gflops_before": 130.0},
+        {"meta_epoch_seconds": 30.0, "lstm_matmul_gflops_before": 55.0},
+    ]
+    old = {"rows": [{"meta_epoch_seconds": 24.3}]}  # written before epochs carried the machine speed
+    assert epoch_points(new) == [(130.0, 22.0), (55.0, 30.0)] and epoch_points(old) == []
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    out = tmp_path / "epochs.png"
+    command = [sys.executable, "-m", "benchmarks.meta_speed_plot"]
+    result = subprocess.run(
+        [*command, str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "old.json: no meta-epochs" in result.stdout and "30.0 s at 55 GFLOP/s" in result.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    refused = subprocess.run([*command, str(tmp_path / "old.json"), "--out", str(out)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "none of the records" in refused.stderr
+
+
 def test_make_optimizer_fused_suffix():
     from learned_optim.factory import make_optimizer
 
