@@ -26,6 +26,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,24 +54,33 @@ def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile:
     return (time.perf_counter() - started) / repeats
 
 
-def seconds_per_meta_epoch(architecture: str, compile: bool, epochs: int = 1) -> list[tuple[float, float]]:
-    """Wall-clock seconds of each of ``epochs`` classic meta-epochs, after one warm-up trajectory,
-    each with the GFLOP/s of the LSTM-shaped product measured just before it.
+def time_meta_epochs(architecture: str, compile: bool, epochs: int = 1) -> list[dict[str, Any]]:
+    """``epochs`` classic meta-epochs timed one after another, after one warm-up trajectory.
 
-    That product's speed swings by 2× within minutes on a shared CPU while a square product's
-    stays put, and epoch times follow it, so each epoch carries its own reading.
+    Each comes back as a row: its wall-clock seconds, each trajectory's seconds, and the GFLOP/s
+    of the LSTM-shaped product measured just before it. That product's speed swings by 2× within
+    minutes on a shared CPU while a square product's stays put, and trajectory times follow it.
     """
     config = _config(architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile)
     trainer = MetaTrainer(config, "/tmp")
     trainer.meta_trajectory(40)
-    timed = []
+    rows = []
     for _ in range(epochs):
         product_gflops = round(lstm_matmul_gflops(), 1)
-        started = time.perf_counter()
+        trajectories = []
         for _ in range(config.trajectories_per_epoch):
+            started = time.perf_counter()
             trainer.meta_trajectory(100)
-        timed.append((time.perf_counter() - started, product_gflops))
-    return timed
+            trajectories.append(time.perf_counter() - started)
+        rows.append(
+            {
+                "compile": compile,
+                "meta_epoch_seconds": sum(trajectories),
+                "lstm_matmul_gflops_before": product_gflops,
+                "trajectory_seconds": [round(seconds, 4) for seconds in trajectories],
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -99,16 +109,17 @@ def main() -> None:
         rows.append({"unroll": unroll, "compile": args.compile, "seconds_per_meta_step": seconds})
         print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
     if not args.no_epoch:
-        epochs = seconds_per_meta_epoch(args.architecture, args.compile, args.epochs)
-        listed = ", ".join(f"{seconds:.1f}" for seconds, _ in epochs)
-        median = statistics.median(seconds for seconds, _ in epochs)
-        print(f"meta-epoch (20 trajectories × 100 steps, K = 20): {listed} s (median {median:.1f} s)")
-        products = ", ".join(f"{gflops:.0f}" for _, gflops in epochs)
+        epochs = time_meta_epochs(args.architecture, args.compile, args.epochs)
+        seconds = [row["meta_epoch_seconds"] for row in epochs]
+        listed = ", ".join(f"{value:.1f}" for value in seconds)
+        print(
+            f"meta-epoch (20 trajectories × 100 steps, K = 20): {listed} s (median {statistics.median(seconds):.1f} s)"
+        )
+        products = ", ".join(f"{row['lstm_matmul_gflops_before']:.0f}" for row in epochs)
         print(f"LSTM-shaped product just before each epoch: {products} GFLOP/s")
-        rows += [
-            {"compile": args.compile, "meta_epoch_seconds": seconds, "lstm_matmul_gflops_before": gflops}
-            for seconds, gflops in epochs
-        ]
+        trajectories = [value for row in epochs for value in row["trajectory_seconds"]]
+        print(f"single trajectories: {min(trajectories):.2f}–{max(trajectories):.2f} s")
+        rows += epochs
     speed_after = machine_speed()
     print(describe(speed_after))
     print(json.dumps(rows))

@@ -114,11 +114,13 @@ def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path
     command = ["-m", "benchmarks.meta_speed", "--architecture", "symbolic", "--unrolls", "2", "--repeats", "1"]
     result = subprocess.run([sys.executable, *command, "--json", str(out)], capture_output=True, text=True, check=True)
     assert result.stdout.count("machine now: ") == 2 and "| 2 |" in result.stdout
-    assert "LSTM-shaped product just before each epoch: " in result.stdout
+    assert "LSTM-shaped product just before each epoch: " in result.stdout and "single trajectories: " in result.stdout
     record = json.loads(out.read_text())
     step_row, epoch_row = record["rows"]
     assert step_row["unroll"] == 2 and step_row["seconds_per_meta_step"] > 0
-    assert epoch_row["meta_epoch_seconds"] > 0 and 0 < epoch_row["lstm_matmul_gflops_before"] < float("inf")
+    assert 0 < epoch_row["lstm_matmul_gflops_before"] < float("inf")
+    trajectories = epoch_row["trajectory_seconds"]
+    assert len(trajectories) == 20 and epoch_row["meta_epoch_seconds"] == pytest.approx(sum(trajectories), rel=1e-3)
     for speed in (record["machine_speed_before"], record["machine_speed_after"]):
         assert set(speed) == {"square_matmul_gflops", "lstm_matmul_gflops", "add_gbytes_per_second"}
         assert all(0 < value < float("inf") for value in speed.values())
@@ -130,16 +132,13 @@ def test_meta_speed_script_records_the_machine_speed_beside_its_timings(tmp_path
     assert refused.returncode == 2 and "does not exist" in refused.stderr and "machine now" not in refused.stdout
 
 
-def test_meta_speed_plot_places_each_epoch_at_its_machine_speed_and_skips_old_records(tmp_path):
-    from benchmarks.meta_speed_plot import epoch_points
+def test_meta_speed_plot_draws_each_timed_epoch_and_skips_records_without_trajectory_times(tmp_path):
+    from benchmarks.meta_speed_plot import timed_epochs
 
-    new = {"environment": {"commit": "abc1234"}, "rows": [{"unroll": 20, "seconds_per_meta_step": 0.2}]}
-    new["rows"] += [
-        {"meta_epoch_seconds": 22.0, "lstm_matmul_gflops_before": 130.0},
-        {"meta_epoch_seconds": 30.0, "lstm_matmul_gflops_before": 55.0},
-    ]
-    old = {"rows": [{"meta_epoch_seconds": 24.3}]}  # written before epochs carried the machine speed
-    assert epoch_points(new) == [(130.0, 22.0), (55.0, 30.0)] and epoch_points(old) == []
+    epoch = {"meta_epoch_seconds": 3.0, "lstm_matmul_gflops_before": 130.0, "trajectory_seconds": [1.0, 2.0]}
+    new = {"environment": {"commit": "abc1234"}, "rows": [{"unroll": 20, "seconds_per_meta_step": 0.2}, epoch]}
+    old = {"rows": [{"meta_epoch_seconds": 24.3}]}  # written before epochs were timed trajectory by trajectory
+    assert timed_epochs(new) == [epoch] and timed_epochs(old) == []
     (tmp_path / "new.json").write_text(json.dumps(new))
     (tmp_path / "old.json").write_text(json.dumps(old))
     out = tmp_path / "epochs.png"
@@ -150,7 +149,7 @@ def test_meta_speed_plot_places_each_epoch_at_its_machine_speed_and_skips_old_re
         text=True,
         check=True,
     )
-    assert "old.json: no meta-epochs" in result.stdout and "30.0 s at 55 GFLOP/s" in result.stdout
+    assert "old.json: no meta-epochs" in result.stdout and "new.json: 3.0 s (trajectories 1.00–2.00 s)" in result.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     refused = subprocess.run([*command, str(tmp_path / "old.json"), "--out", str(out)], capture_output=True, text=True)
     assert refused.returncode == 2 and "none of the records" in refused.stderr
