@@ -27,10 +27,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trajectories", type=int, default=4, help="timed trajectories per process")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the inner update")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     distributed.init_from_environment()
-    config = MetaTrainConfig(architecture="lstm", task="mnist-mlp", horizons=[100], unroll=20)
+    config = MetaTrainConfig(architecture="lstm", task="mnist-mlp", horizons=[100], unroll=20, compile=args.compile)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = MetaTrainer(config, run_dir)
         trainer.meta_trajectory(100)  # warm-up: data loading, allocator
@@ -47,6 +48,7 @@ def main() -> None:
                 {
                     "processes": world,
                     "threads_per_process": args.threads,
+                    "compile": args.compile,
                     "meta_steps_per_second": meta_steps / seconds,
                     "unrolls_per_second": meta_steps * world / seconds,
                     "seconds": seconds,
