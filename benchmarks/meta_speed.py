@@ -15,7 +15,9 @@ left is the cost of everything but the network (the task, its gradients, autogra
 
 This CPU's speed drifts from day to day by more than any change to the code (the same compiled
 meta-epoch: 24.9 s one day, 39.6–41.8 s another), so the script prints the machine's current matrix
-product and memory speed (``benchmarks.machine_speed``) before and after its timings.
+product and memory speed (``benchmarks.machine_speed``) before and after its timings, and records
+each epoch's trajectory times and the LSTM-shaped product's speed just before it
+(``python -m benchmarks.meta_speed_plot`` draws them).
 """
 
 from __future__ import annotations
