@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,11 @@ from tqdm.auto import tqdm
 from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
 from learned_optim.meta import distributed, imitation
+from learned_optim.meta.coordinate_split import CoordinateThreads, SplitUnroll, split_unroll
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
-from learned_optim.meta.unroll import compiled, meta_loss, start, unroll
+from learned_optim.meta.unroll import InnerState, compiled, meta_loss, start, unroll
 from learned_optim.optimizers import get_architecture
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -130,8 +132,25 @@ class MetaTrainResult:
 class MetaTrainer:
     """Runs a :class:`MetaTrainConfig` in ``run_dir`` (checkpoint, metrics.jsonl, plot)."""
 
-    def __init__(self, config: MetaTrainConfig, run_dir: str | os.PathLike[str], data_root: str | None = None):
+    def __init__(
+        self,
+        config: MetaTrainConfig,
+        run_dir: str | os.PathLike[str],
+        data_root: str | None = None,
+        coordinate_threads: int = 1,
+    ):
+        """``coordinate_threads`` > 1 splits every inner step's coordinates over that many threads of
+        one core each (``learned_optim.meta.coordinate_split``): same math, in float rounding; first
+        order without ``symmetry_weight`` only."""
         self.config = config
+        self.coordinate_threads = None
+        if coordinate_threads > 1:
+            if config.second_order or config.symmetry_weight:
+                raise ValueError(
+                    "coordinate_threads > 1 needs first-order meta-gradients without symmetry_weight "
+                    "(both couple the coordinates); use one thread per process for this config"
+                )
+            self.coordinate_threads = CoordinateThreads(coordinate_threads)
         self.run_dir = Path(run_dir)
         self.architecture = get_architecture(config.architecture)
         if config.compile:
@@ -171,18 +190,21 @@ class MetaTrainer:
 
     # -- one trajectory -------------------------------------------------------------------------
 
-    def meta_gradient(self, loss: Tensor) -> bool:
-        """Set φ's gradient to ∂loss/∂φ averaged over ranks; False (no gradient) if any rank's loss is not finite."""
+    def meta_gradient(self, loss: Tensor, backward: Callable[[], None] | None = None) -> bool:
+        """Set φ's gradient to ∂loss/∂φ averaged over ranks; False (no gradient) if any rank's loss is not finite.
+
+        ``backward`` sets φ's gradients where ``loss`` carries no graph (a split unroll's record).
+        """
         self.meta_optimizer.zero_grad()
         if not distributed.all_finite(loss.detach()):
             self.progress.skipped_steps += 1  # keep φ: one diverged optimizee must not poison it
             return False
-        loss.backward()
+        (backward or loss.backward)()
         distributed.average_gradients(self.theta.values())
         return True
 
-    def _meta_step(self, loss: Tensor) -> None:
-        if self.meta_gradient(loss):
+    def _meta_step(self, loss: Tensor, backward: Callable[[], None] | None = None) -> None:
+        if self.meta_gradient(loss, backward):
             torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
             self.meta_optimizer.step()
 
@@ -192,6 +214,12 @@ class MetaTrainer:
         inner = start(self.architecture, self.optimizer_config, self.task, generator)
         total = 0.0
         for _ in range(horizon // config.unroll):
+            if self.coordinate_threads:
+                record = self._split_unroll(self.theta, self.task, inner, generator, "train")
+                losses, inner = record.losses, record.state
+                self._meta_step(meta_loss(losses, config.weighting), lambda record=record: self._set_gradients(record))
+                total += float(losses.mean())
+                continue
             losses, inner = unroll(
                 self.architecture,
                 self.theta,
@@ -208,6 +236,29 @@ class MetaTrainer:
             inner = inner.detached()
             total += float(losses.detach().mean())
         return total / (horizon // config.unroll)
+
+    def _split_unroll(
+        self, theta: dict[str, Tensor], task: Any, inner: InnerState, generator: torch.Generator, split: str
+    ) -> SplitUnroll:
+        assert self.coordinate_threads is not None
+        return split_unroll(
+            self.architecture,
+            theta,
+            self.optimizer_config,
+            task,
+            inner,
+            generator,
+            self.config.unroll,
+            self.coordinate_threads,
+            lr=self.config.inner_lr,
+            split=split,
+        )
+
+    def _set_gradients(self, record: SplitUnroll) -> None:
+        assert self.coordinate_threads is not None
+        gradients = record.meta_gradient(self.theta, self.config.weighting, self.coordinate_threads)
+        for name, value in self.theta.items():
+            value.grad = gradients[name]
 
     def imitation_trajectory(self, horizon: int) -> float:
         losses = imitation.imitation_trajectory(
@@ -234,6 +285,11 @@ class MetaTrainer:
         for _ in range(self.config.validation_trajectories):
             inner = start(self.architecture, self.optimizer_config, self.validation_task, generator)
             for _ in range(horizon // self.config.unroll):
+                if self.coordinate_threads:
+                    record = self._split_unroll(theta, self.validation_task, inner, generator, "valid")
+                    inner = record.state
+                    total += float(record.losses.mean())
+                    continue
                 losses, inner = unroll(
                     self.architecture,
                     theta,
