@@ -3,6 +3,7 @@
     python -m benchmarks.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
     python -m benchmarks.meta_speed --no-epoch      # only the K sweep
     python -m benchmarks.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
+    python -m benchmarks.meta_speed --compile --coordinate-threads 2   # coordinates split over 2 one-core threads
     python -m benchmarks.meta_speed --architecture symbolic   # the floor: a one-constant rule instead of the LSTM
     python -m benchmarks.meta_speed --epochs 3 --json F        # three meta-epochs; rows, commit and machine to F
 
@@ -45,9 +46,11 @@ def _config(architecture: str, **settings) -> MetaTrainConfig:
     return MetaTrainConfig(architecture=architecture, optimizer_config=rule, **settings)
 
 
-def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile: bool) -> float:
+def seconds_per_meta_step(
+    architecture: str, unroll: int, repeats: int, compile: bool, coordinate_threads: int = 1
+) -> float:
     config = _config(architecture, horizons=[unroll], unroll=unroll, compile=compile)
-    trainer = MetaTrainer(config, "/tmp")
+    trainer = MetaTrainer(config, "/tmp", coordinate_threads=coordinate_threads)
     for _ in range(2):  # warm-up: data loading, allocator, and both compiles (fresh state, state with a graph)
         trainer.meta_trajectory(unroll)
     started = time.perf_counter()
@@ -56,15 +59,19 @@ def seconds_per_meta_step(architecture: str, unroll: int, repeats: int, compile:
     return (time.perf_counter() - started) / repeats
 
 
-def time_meta_epochs(architecture: str, compile: bool, epochs: int = 1) -> list[dict[str, Any]]:
+def time_meta_epochs(
+    architecture: str, compile: bool, epochs: int = 1, coordinate_threads: int = 1
+) -> list[dict[str, Any]]:
     """``epochs`` classic meta-epochs timed one after another, after one warm-up trajectory.
 
     Each comes back as a row: its wall-clock seconds, each trajectory's seconds, and the GFLOP/s
     of the LSTM-shaped product measured just before it. That product's speed swings by 2× within
     minutes on a shared CPU while a square product's stays put, and trajectory times follow it.
+    With ``coordinate_threads`` > 1 each inner step's coordinates are split over that many threads
+    of one core each (``learned_optim.meta.coordinate_split``).
     """
     config = _config(architecture, horizons=[100], unroll=20, trajectories_per_epoch=20, compile=compile)
-    trainer = MetaTrainer(config, "/tmp")
+    trainer = MetaTrainer(config, "/tmp", coordinate_threads=coordinate_threads)
     trainer.meta_trajectory(40)
     rows = []
     for _ in range(epochs):
@@ -77,6 +84,7 @@ def time_meta_epochs(architecture: str, compile: bool, epochs: int = 1) -> list[
         rows.append(
             {
                 "compile": compile,
+                "coordinate_threads": coordinate_threads,
                 "meta_epoch_seconds": sum(trajectories),
                 "lstm_matmul_gflops_before": product_gflops,
                 "trajectory_seconds": [round(seconds, 4) for seconds in trajectories],
@@ -93,25 +101,41 @@ def main() -> None:
     parser.add_argument("--no-epoch", action="store_true")
     parser.add_argument("--epochs", type=int, default=1, help="meta-epochs to time, one after another")
     parser.add_argument("--compile", action="store_true", help="torch.compile the inner update")
+    parser.add_argument(
+        "--coordinate-threads", type=int, default=1, help="split each inner step's coordinates over N one-core threads"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows, commit and machine speed here")
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.coordinate_threads < 1:
+        parser.error("--coordinate-threads must be at least 1")
     if args.json and not args.json.parent.is_dir():  # refuse now, not after minutes of timing
         parser.error(f"--json: folder {args.json.parent} does not exist")
     rows = []
     machine = platform.processor() or platform.machine()
     mode = "compiled update" if args.compile else "eager"
-    print(f"{args.architecture} on mnist-mlp, {mode}, {torch.get_num_threads()} threads, {machine}")
+    if args.coordinate_threads > 1:
+        threads = f"coordinates split over {args.coordinate_threads} threads of one core each"
+    else:
+        threads = f"{torch.get_num_threads()} threads"
+    print(f"{args.architecture} on mnist-mlp, {mode}, {threads}, {machine}")
     speed_before = machine_speed()
     print(describe(speed_before))
     print("| K | s / meta-step | ms / inner step |\n|---:|---:|---:|")
     for unroll in args.unrolls:
-        seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats, args.compile)
-        rows.append({"unroll": unroll, "compile": args.compile, "seconds_per_meta_step": seconds})
+        seconds = seconds_per_meta_step(args.architecture, unroll, args.repeats, args.compile, args.coordinate_threads)
+        rows.append(
+            {
+                "unroll": unroll,
+                "compile": args.compile,
+                "coordinate_threads": args.coordinate_threads,
+                "seconds_per_meta_step": seconds,
+            }
+        )
         print(f"| {unroll} | {seconds:.3f} | {seconds / unroll * 1e3:.1f} |")
     if not args.no_epoch:
-        epochs = time_meta_epochs(args.architecture, args.compile, args.epochs)
+        epochs = time_meta_epochs(args.architecture, args.compile, args.epochs, args.coordinate_threads)
         seconds = [row["meta_epoch_seconds"] for row in epochs]
         listed = ", ".join(f"{value:.1f}" for value in seconds)
         print(
