@@ -240,7 +240,7 @@ def test_meta_train_cli_writes_loadable_weights(tmp_path):
     config_path.write_text(json.dumps({**QUADRATIC_RUN, "meta_epochs": 2, "description": "tiny run"}))
     out = tmp_path / "weights" / "tiny-lstm"
     result = subprocess.run(
-        meta_train_command(config_path, tmp_path / "run", "--out", str(out)),
+        meta_train_command(config_path, tmp_path / "run", "--out", str(out), "--coordinate-threads", "2"),
         capture_output=True,
         text=True,
     )
@@ -249,6 +249,7 @@ def test_meta_train_cli_writes_loadable_weights(tmp_path):
     assert pretrained.architecture == "lstm" and pretrained.description == "tiny run"
     assert pretrained.recipe["config"]["task"] == "quadratic" and pretrained.recipe["seed"] == 4
     assert "learned-optim meta-train" in pretrained.recipe["command"]
+    assert pretrained.recipe["command"].endswith("--coordinate-threads 2")
     assert "meta_validation" in pretrained.metrics
     assert (out / "training.png").exists() and "## Recipe" in (out / "README.md").read_text()
 
