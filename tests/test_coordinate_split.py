@@ -97,3 +97,15 @@ def test_trainer_refuses_split_coordinates_where_they_are_coupled(tmp_path):
         config = MetaTrainConfig(horizons=[4], unroll=4, **coupled)
         with pytest.raises(ValueError, match="couple the coordinates"):
             MetaTrainer(config, tmp_path, coordinate_threads=2)
+
+
+def test_close_stops_and_joins_the_workers():
+    def workers():
+        return {thread for thread in threading.enumerate() if thread.name == "coordinate-slice"}
+
+    before = workers()
+    threads = CoordinateThreads(3)
+    started = workers() - before
+    assert len(started) == 2
+    threads.close()
+    assert not any(thread.is_alive() for thread in started)

@@ -75,9 +75,14 @@ class CoordinateThreads:
         self.threads = threads
         self._jobs: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(threads - 1)]
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        for jobs in self._jobs:
-            threading.Thread(target=_serve, args=(jobs, self._results), daemon=True, name="coordinate-slice").start()
-        weakref.finalize(self, _stop, self._jobs)
+        workers = [
+            threading.Thread(target=_serve, args=(jobs, self._results), daemon=True, name="coordinate-slice")
+            for jobs in self._jobs
+        ]
+        for worker in workers:
+            worker.start()
+        # Stopped and joined when collected or at exit: a worker left inside torch at shutdown aborts the process.
+        self._finalizer = weakref.finalize(self, _stop, self._jobs, workers)
         self._backward_compiled = False
 
     def map(self, function: Callable[[int], Result], count: int) -> list[Result]:
@@ -102,12 +107,15 @@ class CoordinateThreads:
         return results
 
     def close(self) -> None:
-        _stop(self._jobs)
+        """Stop the worker threads (also done when this object is collected, or at exit)."""
+        self._finalizer()
 
 
-def _stop(job_queues: list[queue.SimpleQueue]) -> None:
+def _stop(job_queues: list[queue.SimpleQueue], workers: list[threading.Thread]) -> None:
     for jobs in job_queues:
         jobs.put(None)
+    for worker in workers:
+        worker.join()
 
 
 def coordinate_slices(count: int, parts: int) -> list[tuple[int, int]]:
