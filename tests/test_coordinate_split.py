@@ -52,18 +52,30 @@ def test_split_unroll_gives_the_plain_unrolls_losses_state_and_meta_gradient(opt
     for name, value in plain[1].params.items():
         torch.testing.assert_close(split[1].params[name], value, rtol=1e-5, atol=1e-6)
     assert split[1].opt_state.keys() == plain[1].opt_state.keys() and split[1].step == plain[1].step
+    # Products on one thread and on several add in different orders: states agree to float32 rounding
+    # carried through two unrolls.
     for name, value in plain[1].opt_state.items():
-        torch.testing.assert_close(split[1].opt_state[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(split[1].opt_state[name], value, rtol=1e-4, atol=1e-5)
     assert any(gradient.abs().sum() > 0 for gradient in plain[2].values())
     for name, gradient in plain[2].items():
         torch.testing.assert_close(split[2][name], gradient, rtol=1e-4, atol=1e-6)
 
 
-def test_each_slice_runs_on_its_own_thread_with_one_torch_thread():
-    threads = CoordinateThreads(2)
-    seen = threads.map(lambda index: (threading.get_ident(), torch.get_num_threads()), 2)
-    assert seen[0][0] == threading.get_ident() and seen[1][0] != seen[0][0]
-    assert [count for _, count in seen] == [1, 1]
+def test_each_slice_runs_on_its_own_thread_with_one_torch_thread_and_the_callers_count_stays():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = CoordinateThreads(2)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(2)  # the process-wide count, which a worker not yet set up would adopt
+        for _ in range(2):
+            seen = threads.map(lambda index: (threading.get_ident(), torch.get_num_threads()), 2)
+            assert seen[0][0] == threading.get_ident() and seen[1][0] != seen[0][0]
+            assert [count for _, count in seen] == [1, 1]
+            assert torch.get_num_threads() == 2
+        threads.close()
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_workers_error_reaches_the_caller_and_the_threads_stay_usable():
@@ -79,12 +91,13 @@ def test_a_workers_error_reaches_the_caller_and_the_threads_stay_usable():
     assert threads.map(lambda index: index * 10, 2) == [0, 10]
 
 
-def test_trainer_with_split_coordinates_trains_like_the_plain_trainer(tmp_path):
+def test_trainer_with_split_coordinates_trains_like_the_plain_trainer_and_repeats_exactly(tmp_path):
     config = MetaTrainConfig(task="quadratic", horizons=[8], unroll=4, meta_epochs=2, trajectories_per_epoch=3)
     results = [
-        MetaTrainer(config, tmp_path / str(threads), coordinate_threads=threads).run(progress_bar=False)
-        for threads in (1, 2)
+        MetaTrainer(config, tmp_path / f"{threads}-{run}", coordinate_threads=threads).run(progress_bar=False)
+        for threads, run in ((1, 0), (2, 0), (2, 1))
     ]
+    assert all(torch.equal(results[2].theta[name], value) for name, value in results[1].theta.items())
     assert [row["valid_loss"] for row in results[1].progress.history] == pytest.approx(
         [row["valid_loss"] for row in results[0].progress.history], rel=1e-4
     )

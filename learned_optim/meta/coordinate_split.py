@@ -52,8 +52,12 @@ def _single_threaded() -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue) -> None:
+def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Barrier) -> None:
+    # ATen sets a thread's count lazily, from the process-wide one, at its first query: query first,
+    # or a later set_num_threads elsewhere would still reach this thread.
+    torch.get_num_threads()
     torch.set_num_threads(1)
+    ready.wait()
     while (job := jobs.get()) is not None:
         function, index = job
         try:
@@ -75,12 +79,16 @@ class CoordinateThreads:
         self.threads = threads
         self._jobs: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(threads - 1)]
         self._results: queue.SimpleQueue = queue.SimpleQueue()
+        callers_threads = torch.get_num_threads()
+        ready = threading.Barrier(threads)
         workers = [
-            threading.Thread(target=_serve, args=(jobs, self._results), daemon=True, name="coordinate-slice")
+            threading.Thread(target=_serve, args=(jobs, self._results, ready), daemon=True, name="coordinate-slice")
             for jobs in self._jobs
         ]
         for worker in workers:
             worker.start()
+        ready.wait()
+        torch.set_num_threads(callers_threads)  # the workers' set_num_threads(1) also set the process-wide count
         # Stopped and joined when collected or at exit: a worker left inside torch at shutdown aborts the process.
         self._finalizer = weakref.finalize(self, _stop, self._jobs, workers)
         self._backward_compiled = False
