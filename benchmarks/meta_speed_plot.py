@@ -80,7 +80,10 @@ def main() -> None:
             print(f"{path}: no meta-epochs timed trajectory by trajectory; skipped")
             continue
         environment = record.get("environment", {})
-        panels[f"{path.name}: commit {environment.get('commit', '?')}, {environment.get('machine', '?')}"] = epochs
+        split = epochs[0].get("coordinate_threads", 1)
+        mode = f", coordinates split over {split} one-core threads" if split > 1 else ""
+        label = f"{path.name}: commit {environment.get('commit', '?')}, {environment.get('machine', '?')}{mode}"
+        panels[label] = epochs
         for row in epochs:
             trajectories = row["trajectory_seconds"]
             print(
