@@ -82,7 +82,7 @@ def main() -> None:
         environment = record.get("environment", {})
         split = epochs[0].get("coordinate_threads", 1)
         mode = f", coordinates split over {split} one-core threads" if split > 1 else ""
-        label = f"{path.name}: commit {environment.get('commit', '?')}, {environment.get('machine', '?')}{mode}"
+        label = f"{path.name}{mode}\ncommit {environment.get('commit', '?')}, {environment.get('machine', '?')}"
         panels[label] = epochs
         for row in epochs:
             trajectories = row["trajectory_seconds"]
