@@ -54,6 +54,22 @@ def _single_threaded() -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+# A compiled update's variants: φ with or without gradients × state with or without a graph × thread
+# count, and dynamo keeps them once per slice thread (its guards also check state private to a thread).
+_VARIANT_LIMIT = 32
+
+
+@contextlib.contextmanager
+def _room_for_variants() -> Iterator[None]:
+    """Dynamo's per-function limit of compiled variants (8) raised while this thread waits for the
+    slices, so that a split run never falls back to eager. Entered by the caller only: the workers
+    compile inside its window."""
+    import torch._dynamo
+
+    with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, _VARIANT_LIMIT)):
+        yield
+
+
 def _serve(jobs: queue.SimpleQueue, results: queue.SimpleQueue, ready: threading.Barrier) -> None:
     # ATen sets a thread's count lazily, from the process-wide one, at its first query: query first,
     # or a later set_num_threads elsewhere would still reach this thread.
@@ -213,7 +229,7 @@ def split_unroll(
     The graphs back to ``theta`` are kept only where ``theta`` requires gradients; the returned
     state is detached (truncated BPTT), ready for the next unroll.
     """
-    with _single_threaded():
+    with _single_threaded(), _room_for_variants():
         params = {name: value.detach() for name, value in inner.params.items()}
         _, gradient = _value_and_gradient(task, params, task.sample(generator, split))
         count = gradient.numel()
