@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="split each inner step's coordinates over N threads of one core each: same math, faster on "
-        "small CPUs (first order only)",
+        help="split each inner step's coordinates over N threads of one core each: same math, first order "
+        "only; faster or not depending on the CPU (README, 'Cost per step')",
     )
     meta.add_argument("--no-progress", action="store_true", help="no progress bar")
     meta.add_argument(

@@ -107,11 +107,13 @@ def test_trainer_with_split_coordinates_trains_like_the_plain_trainer_and_repeat
         torch.testing.assert_close(results[1].theta[name], value, rtol=1e-4, atol=1e-6)
 
 
-def test_trainer_refuses_split_coordinates_where_they_are_coupled(tmp_path):
+def test_trainer_refuses_split_coordinates_where_they_are_coupled_or_no_thread_is_asked(tmp_path):
     for coupled in ({"second_order": True}, {"symmetry_weight": 0.1, "task": "mnist-mlp"}):
         config = MetaTrainConfig(horizons=[4], unroll=4, **coupled)
         with pytest.raises(ValueError, match="couple the coordinates"):
             MetaTrainer(config, tmp_path, coordinate_threads=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        MetaTrainer(MetaTrainConfig(horizons=[4], unroll=4), tmp_path, coordinate_threads=0)
 
 
 def test_close_stops_and_joins_the_workers():

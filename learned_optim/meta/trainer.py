@@ -144,6 +144,8 @@ class MetaTrainer:
         order without ``symmetry_weight`` only."""
         self.config = config
         self.coordinate_threads = None
+        if coordinate_threads < 1:
+            raise ValueError(f"coordinate_threads must be at least 1, got {coordinate_threads}")
         if coordinate_threads > 1:
             if config.second_order or config.symmetry_weight:
                 raise ValueError(
