@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
 from learned_optim.meta import distributed, imitation
-from learned_optim.meta.coordinate_split import CoordinateThreads, SplitUnroll, split_unroll
+from learned_optim.meta.coordinate_split import CoordinateThreads, split_unroll
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
@@ -216,51 +216,55 @@ class MetaTrainer:
         inner = start(self.architecture, self.optimizer_config, self.task, generator)
         total = 0.0
         for _ in range(horizon // config.unroll):
-            if self.coordinate_threads:
-                record = self._split_unroll(self.theta, self.task, inner, generator, "train")
-                losses, inner = record.losses, record.state
-                self._meta_step(meta_loss(losses, config.weighting), lambda record=record: self._set_gradients(record))
-                total += float(losses.mean())
-                continue
-            losses, inner = unroll(
-                self.architecture,
-                self.theta,
-                self.optimizer_config,
-                self.task,
-                inner,
-                generator,
-                config.unroll,
-                lr=config.inner_lr,
-                second_order=config.second_order,
-                regularizer=self.regularizer,
-            )
-            self._meta_step(meta_loss(losses, config.weighting))
-            inner = inner.detached()
+            losses, inner, backward = self._unroll(self.theta, self.task, inner, generator, training=True)
+            self._meta_step(meta_loss(losses, config.weighting), backward)
             total += float(losses.detach().mean())
         return total / (horizon // config.unroll)
 
-    def _split_unroll(
-        self, theta: dict[str, Tensor], task: Any, inner: InnerState, generator: torch.Generator, split: str
-    ) -> SplitUnroll:
-        assert self.coordinate_threads is not None
-        return split_unroll(
+    def _unroll(
+        self, theta: dict[str, Tensor], task: Any, inner: InnerState, generator: torch.Generator, training: bool
+    ) -> tuple[Tensor, InnerState, Callable[[], None] | None]:
+        """One unroll of ``config.unroll`` steps: its losses, the next state (detached: truncated BPTT)
+        and, for a split unroll, what sets φ's gradient of their meta-loss (otherwise the losses
+        carry the graph). Training draws from the ``train`` split and adds second order and the
+        regulariser where configured; validation draws from ``valid``."""
+        config = self.config
+        split = "train" if training else "valid"
+        if self.coordinate_threads:
+            threads = self.coordinate_threads
+            record = split_unroll(
+                self.architecture,
+                theta,
+                self.optimizer_config,
+                task,
+                inner,
+                generator,
+                config.unroll,
+                threads,
+                lr=config.inner_lr,
+                split=split,
+            )
+
+            def set_gradients() -> None:
+                gradients = record.meta_gradient(self.theta, config.weighting, threads)
+                for name, value in self.theta.items():
+                    value.grad = gradients[name]
+
+            return record.losses, record.state, set_gradients
+        losses, inner = unroll(
             self.architecture,
             theta,
             self.optimizer_config,
             task,
             inner,
             generator,
-            self.config.unroll,
-            self.coordinate_threads,
-            lr=self.config.inner_lr,
+            config.unroll,
+            lr=config.inner_lr,
             split=split,
+            second_order=training and config.second_order,
+            regularizer=self.regularizer if training else None,
         )
-
-    def _set_gradients(self, record: SplitUnroll) -> None:
-        assert self.coordinate_threads is not None
-        gradients = record.meta_gradient(self.theta, self.config.weighting, self.coordinate_threads)
-        for name, value in self.theta.items():
-            value.grad = gradients[name]
+        return losses, inner.detached(), None
 
     def imitation_trajectory(self, horizon: int) -> float:
         losses = imitation.imitation_trajectory(
@@ -287,23 +291,7 @@ class MetaTrainer:
         for _ in range(self.config.validation_trajectories):
             inner = start(self.architecture, self.optimizer_config, self.validation_task, generator)
             for _ in range(horizon // self.config.unroll):
-                if self.coordinate_threads:
-                    record = self._split_unroll(theta, self.validation_task, inner, generator, "valid")
-                    inner = record.state
-                    total += float(record.losses.mean())
-                    continue
-                losses, inner = unroll(
-                    self.architecture,
-                    theta,
-                    self.optimizer_config,
-                    self.validation_task,
-                    inner,
-                    generator,
-                    self.config.unroll,
-                    lr=self.config.inner_lr,
-                    split="valid",
-                )
-                inner = inner.detached()
+                losses, inner, _ = self._unroll(theta, self.validation_task, inner, generator, training=False)
                 total += float(losses.detach().mean())
         mean = total / (self.config.validation_trajectories * (horizon // self.config.unroll))
         return mean if math.isfinite(mean) else math.inf
