@@ -230,20 +230,10 @@ class MetaTrainer:
         regulariser where configured; validation draws from ``valid``."""
         config = self.config
         split = "train" if training else "valid"
+        arguments = (self.architecture, theta, self.optimizer_config, task, inner, generator, config.unroll)
         if self.coordinate_threads:
             threads = self.coordinate_threads
-            record = split_unroll(
-                self.architecture,
-                theta,
-                self.optimizer_config,
-                task,
-                inner,
-                generator,
-                config.unroll,
-                threads,
-                lr=config.inner_lr,
-                split=split,
-            )
+            record = split_unroll(*arguments, threads, lr=config.inner_lr, split=split)
 
             def set_gradients() -> None:
                 gradients = record.meta_gradient(self.theta, config.weighting, threads)
@@ -252,13 +242,7 @@ class MetaTrainer:
 
             return record.losses, record.state, set_gradients
         losses, inner = unroll(
-            self.architecture,
-            theta,
-            self.optimizer_config,
-            task,
-            inner,
-            generator,
-            config.unroll,
+            *arguments,
             lr=config.inner_lr,
             split=split,
             second_order=training and config.second_order,
