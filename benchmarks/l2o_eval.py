@@ -2,17 +2,7 @@
 
     python -m benchmarks.l2o_eval --weights lstm-mnist rnnprop-mnist --task mnist-mlp --steps 2000
 
-Protocol (Andrychowicz et al. 2016; Lv et al. 2017):
-
-* the optimizee trains on the ``valid`` half of the training split (never seen in meta-training),
-  from fresh initialisation seeds 1000, 1001, …;
-* baselines Adam, RMSprop and SGD with momentum 0.9 each run every learning rate of the grid
-  {1, 0.3, 0.1, …, 1e-4}; for each reported step t, each keeps the rate with the lowest mean
-  training (minibatch) loss over steps 1…t and all seeds, so it gets its best rate for that
-  horizon (a diverged run counts as infinite);
-* learned optimizers run at lr = 1, the step they were trained with;
-* the reported training loss at step t is the cross-entropy of the optimizee on a fixed sample
-  of 4096 examples of the data it trains on, mean ± std over seeds.
+The protocol is ``PROTOCOL`` below (recorded in the results file).
 
 All seeds train at once, stacked, through the optimizer classes a user calls
 (``benchmarks.runner``). Finished (optimizer, lr) cells are cached in the output JSON (a learned
@@ -25,20 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 import learned_optim as lo
-from learned_optim.meta.export import git_commit
+from learned_optim.provenance import environment
 
 from . import runner
-from .report import mean
 from .runner import EVAL_EXAMPLES, CellSpec
+from .stats import mean
 
+# Andrychowicz et al. 2016; Lv et al. 2017. Recorded in the results file's ``meta``.
+PROTOCOL = """\
+* the optimizee trains on the ``valid`` half of the training split (never seen in meta-training),
+  from fresh initialisation seeds 1000, 1001, …;
+* baselines Adam, RMSprop and SGD with momentum 0.9 each run every learning rate of the grid
+  {1, 0.3, 0.1, …, 1e-4}; for each reported step t, each keeps the rate with the lowest mean
+  training (minibatch) loss over steps 1…t and all seeds, so it gets its best rate for that
+  horizon (a diverged run counts as infinite);
+* learned optimizers run at lr = 1, the step they were trained with;
+* the reported training loss at step t is the cross-entropy of the optimizee on a fixed sample
+  of 4096 examples of the data it trains on, mean ± std over seeds.
+"""
 LR_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
 BASELINES = ("adam", "rmsprop", "sgd-momentum")
 FIRST_SEED = 1000
@@ -80,7 +80,9 @@ def summarize(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__ + "\n" + PROTOCOL, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", default="mnist-mlp")
     parser.add_argument("--weights", nargs="*", default=[], help="learned optimizers (names, dirs or Hub ids)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES))
@@ -98,23 +100,17 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     cells = results.setdefault("cells", {})
     plan = [(b, lr) for b in args.baselines for lr in args.lr_grid] + [(w, 1.0) for w in args.weights]
-    commit = git_commit(ignore=[out])  # the cells this run adds make the results file itself differ
+    # The cells this run adds make the results file itself differ from the commit: not dirt.
+    env = environment(ignore=[out])
     for optimizer, lr in tqdm(plan, desc=f"{args.task}: optimizer × lr", unit="cell"):
         key = f"{optimizer}@{lr:g}/seeds={args.seeds}/steps={args.steps}"
         digest = runner.weights_digest(optimizer) if optimizer in args.weights else None
         if key in cells and cells[key].get("weights_sha256") == digest:
             continue  # cached; a learned optimizer's cell only for the same weights
         cell = run_cell(args.task, optimizer, lr, args.seeds, args.steps, report)
-        provenance = {"commit": commit, "machine": platform.platform()}
+        provenance = {"commit": env["commit"], "machine": env["machine"]}
         cells[key] = cell | provenance | ({"weights_sha256": digest} if digest else {})
-        results["meta"] = {
-            "task": args.task,
-            "commit": commit,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.platform(),
-            "protocol": __doc__.split("Protocol")[1].split("All seeds")[0].strip(),
-        }
+        results["meta"] = {"task": args.task, **env, "protocol": PROTOCOL.strip()}
         write_results(out, results)
     text = table(results, args, report)
     print(text)

@@ -3,6 +3,25 @@
     python -m benchmarks.overhead --sizes 1e6 1e7 resnet50 --optimizers adam,adam-foreach,rnnprop,lstm
     learned-optim bench overhead                     # the same, as a suite, into bench-results/overhead
 
+How each figure is measured: ``METHOD`` below (also printed in ``overhead.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from learned_optim.factory import make_optimizer
+from learned_optim.provenance import environment
+
+METHOD = """\
 Each (optimizer, size) runs in a fresh subprocess with random gradients, on a stack of 1024×1024
 matrices (sizes given as numbers) or on the parameter shapes of torchvision's ResNet-50
 (``resnet50``, 25.6M parameters in 161 tensors). Learned optimizers run with a fresh network of
@@ -15,22 +34,6 @@ their architecture: the cost does not depend on the weights. Reported per optimi
   CPU this is the process's resident high-water mark (Linux VmHWM, reset before the step); on
   CUDA, torch.cuda.max_memory_allocated.
 """
-
-from __future__ import annotations
-
-import argparse
-import json
-import platform
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import torch
-
-from learned_optim.factory import make_optimizer
-
 # symbolic: the built-in Adam-like rule; +fused: the same optimizer with fused=True (torch.compile)
 LEARNED = ("rnnprop", "lstm", "hamiltonian", "hamiltonian+fused", "symbolic", "symbolic+fused")
 OPTIMIZERS = ("adam", "adam-foreach", "adam-fused", *LEARNED)
@@ -136,26 +139,14 @@ def peak_memory(row: dict) -> int:
     return row["state_bytes"] + row["peak_extra_bytes"]
 
 
-def machine_description(device: str) -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-    }
-
-
 def write(rows: list[dict], out: Path, device: str, command: str) -> None:
     """``overhead.json`` (rows and machine) and ``overhead.md`` (the table) in ``out``."""
-    from .suites import environment
-
     out.mkdir(parents=True, exist_ok=True)
     env = environment(device)
     (out / "overhead.json").write_text(json.dumps({"command": command, "environment": env, "rows": rows}, indent=2))
     (out / "overhead.md").write_text(
         f"# Optimizer overhead\n\nCommand: `{command}` at commit {env['commit']}, torch {env['torch']}, "
-        f"{env['device']} ({env['machine']}, {env['threads']} threads).\n\n{__doc__.split(chr(10) + chr(10), 2)[2]}\n"
+        f"{env['device']} ({env['machine']}, {env['threads']} threads).\n\n{METHOD}\n"
         f"{table(rows)}\n"
     )
 
@@ -166,7 +157,9 @@ def main() -> None:
         torch.set_num_threads(torch.get_num_threads())
         print(json.dumps(measure(name, size, steps, device)))
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__ + "\n" + METHOD, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", nargs="+", default=["1e6", "1e7"], help="numbers, or resnet50")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma-separated; also pretrained names")
     parser.add_argument("--steps", type=int, default=5)
@@ -176,8 +169,8 @@ def main() -> None:
     rows = run_all(args.optimizers.split(","), args.sizes, args.steps, args.device)
     print(table(rows))
     if args.json:
-        machine = machine_description(args.device)
-        args.json.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        record = {"environment": environment(args.device), "rows": rows}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

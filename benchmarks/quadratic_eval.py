@@ -20,7 +20,7 @@ from learned_optim.factory import make_optimizer
 from learned_optim.meta.tasks import get_task
 
 from .l2o_eval import LR_GRID, summarize
-from .report import mean
+from .stats import mean
 
 
 def final_losses(name: str, lr: float, seeds: int, steps: list[int]) -> dict[int, list[float]]:

@@ -11,34 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .stats import mean, std, verdict
+from .suites import TaskPlan, chosen_rates
+
 METRIC_LABELS = {"train_loss": "train loss", "test_accuracy": "test acc."}
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values and all(map(math.isfinite, values)) else math.inf
-
-
-def std(values: list[float]) -> float:
-    if len(values) < 2 or not all(map(math.isfinite, values)):
-        return math.nan
-    m = mean(values)
-    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-
-
-def status(met: bool) -> str:
-    """A target table's status cell."""
-    return "met" if met else "**not met**"
-
-
-def verdict(candidate: list[float], reference: list[float]) -> str:
-    """``better``, ``worse`` or ``tie`` for losses (lower is better), by the 2-standard-error rule."""
-    c, r = mean(candidate), mean(reference)
-    if math.isinf(c) or math.isinf(r):
-        return "tie" if math.isinf(c) and math.isinf(r) else ("worse" if math.isinf(c) else "better")
-    standard_error = math.sqrt(std(candidate) ** 2 / len(candidate) + std(reference) ** 2 / len(reference))
-    if c < r - 2 * standard_error:
-        return "better"
-    return "worse" if c > r + 2 * standard_error else "tie"
 
 
 def _final_cell(cells: dict[str, Any], task: str, optimizer: str, lr: float) -> dict[str, Any] | None:
@@ -50,8 +26,6 @@ def _final_cell(cells: dict[str, Any], task: str, optimizer: str, lr: float) -> 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     """``{task: {optimizer: {step: figures}}}`` for every finished final run, plus verdicts vs Adam."""
-    from .suites import TaskPlan, chosen_rates
-
     summary: dict[str, Any] = {}
     for plan_fields in data["plans"]:
         plan = TaskPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_fields.items()})

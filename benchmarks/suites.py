@@ -1,15 +1,6 @@
 """The benchmark suites and how they run: tune the baselines, then rerun everything on fresh seeds.
 
-Protocol, per task:
-
-1. **Tune.** Each baseline (SGD, SGD with momentum 0.9, Adam) trains with every learning rate of
-   its log grid from ``tuning_seeds`` seeds (0, 1, …). For each reported step t it keeps the rate
-   with the lowest mean *validation* loss at t (the half of the training images the optimizee
-   does not train on); a rate with a diverged seed counts as infinite. A chosen rate at the edge
-   of its grid is flagged in the table.
-2. **Rerun.** Each baseline at its chosen rate(s), and every pretrained learned optimizer at
-   lr = 1 (the step it was trained with, untuned), trains from ``seeds`` fresh seeds (1000, 1001,
-   …). The figures reported at step t come from the run at the rate chosen for t.
+The protocol, per task, is ``PROTOCOL`` below (recorded in every results file).
 
 Finished cells are cached in the results JSON and reused when their specification (and, for
 learned optimizers, the SHA-256 of their weights) is unchanged, so an interrupted suite resumes
@@ -19,20 +10,30 @@ where it stopped.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from learned_optim.meta.export import git_commit
+from learned_optim.provenance import environment
 
 from .runner import CellSpec, run_cell, weights_digest
+from .stats import mean
 
 SCHEMA = "learned_optim.bench.results/1"
+# Recorded verbatim (whitespace collapsed) in every results file, and shown in results.md.
+PROTOCOL = """\
+1. **Tune.** Each baseline (SGD, SGD with momentum 0.9, Adam) trains with every learning rate of
+   its log grid from ``tuning_seeds`` seeds (0, 1, …). For each reported step t it keeps the rate
+   with the lowest mean *validation* loss at t (the half of the training images the optimizee
+   does not train on); a rate with a diverged seed counts as infinite. A chosen rate at the edge
+   of its grid is flagged in the table.
+2. **Rerun.** Each baseline at its chosen rate(s), and every pretrained learned optimizer at
+   lr = 1 (the step it was trained with, untuned), trains from ``seeds`` fresh seeds (1000, 1001,
+   …). The figures reported at step t come from the run at the rate chosen for t.
+"""
 TUNING_FIRST_SEED = 0
 FINAL_FIRST_SEED = 1000
 HALF_DECADES = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003)
@@ -103,17 +104,6 @@ def learned_optimizers() -> list[str]:
     return [entry["name"] for entry in list_pretrained()]
 
 
-def environment(device: str) -> dict[str, Any]:
-    return {
-        "commit": git_commit(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
-        "device": device if device == "cpu" else torch.cuda.get_device_name(),
-        "threads": torch.get_num_threads(),
-    }
-
-
 class Results:
     """The results JSON: cached cells plus what produced them; written atomically after each cell."""
 
@@ -151,8 +141,6 @@ def _seeds(first: int, count: int) -> tuple[int, ...]:
 
 def chosen_rates(cells: dict[str, Any], plan: TaskPlan, baseline: str, grid: tuple[float, ...]) -> dict[int, float]:
     """``{reported step: the rate with the lowest mean validation loss there}`` from the tuning cells."""
-    from .report import mean
-
     tuned = [
         cell
         for key, cell in cells.items()
@@ -186,7 +174,7 @@ def run_suite(
     results.data.update(
         suite=suite.name,
         description=suite.description,
-        protocol=" ".join(__doc__.split("Protocol, per task:")[1].split("Finished cells")[0].split()),
+        protocol=" ".join(PROTOCOL.split()),
         command=command or results.data.get("command", ""),
         environment=environment(device),
         plans=[asdict(p) for p in suite.plans],

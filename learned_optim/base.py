@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -50,6 +50,32 @@ FUSED_VARIANT_LIMIT = 256  # compiled variants of the fused step kept per proces
 # Fused steps concatenate tensors up to this size: copying them costs less than a compiled call each.
 FUSED_GROUP_NUMEL = 1 << 16
 _STATE_DICT_KEY = "learned_optimizer"
+
+
+class WeightsIO(Protocol):
+    """What the weights I/O methods of :class:`LearnedOptimizer` call (``learned_optim.hub``)."""
+
+    def from_pretrained(self, name: str, **hub_kwargs: Any) -> Any: ...
+    def save_pretrained(self, optimizer: LearnedOptimizer, directory: str, **kwargs: Any) -> Any: ...
+    def push_to_hub(self, source: LearnedOptimizer, repo_id: str, **kwargs: Any) -> str: ...
+
+
+# hub builds on this module (it finds an optimizer's class through the registry of subclasses),
+# so this module must not import it: hub installs itself here on import, which ``import
+# learned_optim`` (the parent of this module, hence always imported first) does. One direction.
+_weights_io: WeightsIO | None = None
+
+
+def install_weights_io(implementation: WeightsIO) -> None:
+    """Called once by ``learned_optim.hub``: where ``from_pretrained``/``save_pretrained``/``push_to_hub`` go."""
+    global _weights_io
+    _weights_io = implementation
+
+
+def _hub() -> WeightsIO:
+    if _weights_io is None:  # only if a caller bypassed the package import, which Python does not allow
+        raise RuntimeError("learned_optim.hub is not imported; import learned_optim first")
+    return _weights_io
 
 
 def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -424,25 +450,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
     @classmethod
     def from_pretrained(cls, name: str, params: ParamsT, **kwargs: Any) -> LearnedOptimizer:
         """Like :func:`learned_optim.load`, checking that the weights are of this architecture."""
-        from learned_optim import hub
-
         hub_keys = ("revision", "cache_dir", "local_files_only")
-        pretrained = hub.from_pretrained(name, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
+        pretrained = _hub().from_pretrained(name, **{k: kwargs.pop(k) for k in hub_keys if k in kwargs})
         if pretrained.architecture != cls.architecture:
             raise WeightsError(f"{name}: weights are for {pretrained.architecture!r}, not {cls.architecture!r}")
         return pretrained.build(params, **kwargs)
 
     def save_pretrained(self, directory: str, **kwargs: Any) -> Any:
         """Write the learned network as a weights directory (see :func:`learned_optim.hub.save_pretrained`)."""
-        from learned_optim import hub
-
-        return hub.save_pretrained(self, directory, **kwargs)
+        return _hub().save_pretrained(self, directory, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload the learned network to a Hub repo (see :func:`learned_optim.hub.push_to_hub`)."""
-        from learned_optim import hub
-
-        return hub.push_to_hub(self, repo_id, **kwargs)
+        return _hub().push_to_hub(self, repo_id, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         # Optimizer.__getstate__ keeps only defaults/state/param_groups; keep the network too.

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import safetensors.torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from learned_optim.base import LearnedOptimizer, config_from_dict, validate_theta
+from learned_optim.base import LearnedOptimizer, config_from_dict, install_weights_io, validate_theta
 from learned_optim.errors import WeightsError
 from learned_optim.optimizers import get_architecture
 
@@ -344,3 +345,6 @@ def push_to_hub(
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
         )
     return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+
+
+install_weights_io(sys.modules[__name__])  # LearnedOptimizer.from_pretrained & co. (base cannot import hub)

@@ -343,7 +343,10 @@ def test_meta_tuning_never_returns_weights_that_validate_worse_than_its_start(tm
 
 
 def test_git_commit_marks_uncommitted_changes(tmp_path, monkeypatch):
-    from learned_optim.meta.export import git_commit
+    from learned_optim.meta import export
+    from learned_optim.provenance import git_commit
+
+    assert export.git_commit is git_commit  # the old import path, kept for one release
 
     monkeypatch.chdir(tmp_path)
     assert git_commit() == "unknown"

@@ -51,6 +51,8 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
     assert "learned_optim/pretrained/wheel-test/model.safetensors" in names
     assert "learned_optim/meta/tasks/data.py" in names
     assert "learned_optim/benchmarks/cli.py" in names and not any("benchmarks/results" in n for n in names)
+    developer_tools = [n for n in names if n.startswith("tools/") or "/tools/" in n or "meta_speed" in n]
+    assert developer_tools == [], developer_tools  # tools/ stays in the checkout
 
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", tmp_path / "site", wheel], check=True

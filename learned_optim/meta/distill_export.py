@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,8 @@ import torch
 from learned_optim.hub import save_pretrained
 from learned_optim.meta import sympy_rules
 from learned_optim.meta.distill import Dataset, Distillation, predict
-from learned_optim.meta.export import git_commit
 from learned_optim.optimizers.symbolic import INPUTS, Symbolic
+from learned_optim.provenance import git_commit, machine
 
 RESPONSE_PLOT = "response.png"
 
@@ -141,7 +140,7 @@ def export(
         "dataset": meta,
         "commit": git_commit(),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
     }
     metrics = {
         "fidelity": {

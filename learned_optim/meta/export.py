@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import shutil
-import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +12,10 @@ import torch
 
 from learned_optim.hub import save_pretrained
 from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
+from learned_optim.provenance import git_commit, machine
 
-
-def git_commit(ignore: Iterable[str | os.PathLike] = ()) -> str:
-    """The checkout's short commit, ``+dirty`` when tracked files differ from it (``unknown`` outside git).
-
-    ``ignore``: files whose changes do not count, e.g. the results file a benchmark is filling in.
-    """
-    inside = [os.path.relpath(path) for path in ignore]
-    excluded = [f":(exclude){path}" for path in inside if not path.startswith("..")]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded]
-        changed = subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip() + ("+dirty" if changed else "")
+# ``git_commit`` lived here until 0.1; importing it from this module keeps working for one release.
+__all__ = ["export_weights", "git_commit", "recipe_of", "training_card"]
 
 
 def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> dict[str, Any]:
@@ -41,7 +25,7 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "seed": trainer.config.seed,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
         "commit": result.progress.started_at_commit or git_commit(),
         "meta_training_minutes": round(result.progress.seconds / 60, 1),
     }

@@ -47,6 +47,7 @@ from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
 from learned_optim.meta.unroll import InnerState, compiled, meta_loss, start, unroll
 from learned_optim.optimizers import get_architecture
+from learned_optim.provenance import git_commit
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -289,8 +290,6 @@ class MetaTrainer:
             self.load_checkpoint(self.run_dir / CHECKPOINT_NAME)
             progress = self.progress
         else:
-            from learned_optim.meta.export import git_commit
-
             progress.started_at_commit = git_commit()
             if config.initial_weights and not config.imitation_epochs:
                 self._validate_initial_weights()

@@ -4,7 +4,7 @@ A shared CPU (a cloud VM) changes speed from hour to hour: the same compiled met
 24.9 s on one day and 39.6–41.8 s on another. Timing benchmarks print these figures beside theirs,
 so that runs from different days can be compared.
 
-    python -m benchmarks.machine_speed
+    python -m tools.machine_speed
 
 Figures (best of a few repeats, all threads): GFLOP/s of a square 1024 product, GFLOP/s of the
 thin product of the LSTM optimizer's second layer over ``mnist-mlp``'s 15,910 coordinates

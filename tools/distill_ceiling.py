@@ -1,7 +1,7 @@
 """How much of a teacher's updates any function of some inputs can explain: the ceiling for distillation.
 
-    python -m benchmarks.distill_ceiling                                   # the rnnprop-mnist recording
-    python -m benchmarks.distill_ceiling --rule weights/symbolic-rnnprop-mnist/config.json
+    python -m tools.distill_ceiling                                   # the rnnprop-mnist recording
+    python -m tools.distill_ceiling --rule weights/symbolic-rnnprop-mnist/config.json
 
 Fits scikit-learn's ``HistGradientBoostingRegressor`` (a flexible model with no formula) to a recorded
 distillation dataset (``learned-optim distill`` writes it to ``runs/distill-<teacher>``) on its

@@ -1,7 +1,7 @@
 """Meta-epoch times trajectory by trajectory, from ``meta_speed --json`` records.
 
-    python -m benchmarks.meta_speed_plot benchmarks/results/meta-speed/lstm-compiled-cpu-2026-11-30-b.json \\
-        --out benchmarks/results/meta-speed/epochs.png
+    python -m tools.meta_speed_plot tools/results/meta-speed/lstm-compiled-cpu-2026-11-30-b.json \\
+        --out tools/results/meta-speed/epochs.png
 
 One panel per record. Each dot is one trajectory of a classic meta-epoch (100 steps in unrolls of
 K = 20) at its pace, 20 × its seconds: the time a meta-epoch would take at that speed. Each epoch's

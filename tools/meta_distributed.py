@@ -1,7 +1,7 @@
 """Throughput of multi-process meta-training: meta-steps per second for 1 and N processes.
 
-    torchrun --nproc_per_node 1 -m benchmarks.meta_distributed --threads 2
-    torchrun --nproc_per_node 2 -m benchmarks.meta_distributed --threads 1
+    torchrun --nproc_per_node 1 -m tools.meta_distributed --threads 2
+    torchrun --nproc_per_node 2 -m tools.meta_distributed --threads 1
 
 Each process runs ``--trajectories`` LSTM trajectories on ``mnist-mlp`` (horizon 100, unrolls of
 20: 5 meta-steps each) after one warm-up trajectory. A distributed meta-step averages one unroll
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 
@@ -21,6 +20,7 @@ import torch
 
 from learned_optim.meta import distributed
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+from learned_optim.provenance import environment
 
 
 def main() -> None:
@@ -52,8 +52,7 @@ def main() -> None:
                     "meta_steps_per_second": meta_steps / seconds,
                     "unrolls_per_second": meta_steps * world / seconds,
                     "seconds": seconds,
-                    "machine": f"{platform.platform()}, {platform.processor()}",
-                    "torch": torch.__version__,
+                    "environment": environment(),
                 }
             )
         )

@@ -1,6 +1,6 @@
 """The port-Hamiltonian optimizer's targets, measured and printed (issue: Hamiltonian learned optimizer).
 
-    python -m benchmarks.hamiltonian_targets [--weights hamiltonian-mnist ...] [--skip-speed]
+    python -m tools.hamiltonian_targets [--weights hamiltonian-mnist ...] [--skip-speed]
 
 For each named Hamiltonian (default: the shipped ``hamiltonian-mnist``):
 
@@ -18,8 +18,9 @@ import json
 import math
 from pathlib import Path
 
-from . import l2o_eval, overhead
-from .report import mean, status
+from benchmarks import l2o_eval, overhead
+from benchmarks.stats import mean
+from tools.targets import status
 
 WEIGHTS = ["hamiltonian-mnist"]
 RESULTS = Path("benchmarks/results")

@@ -1,6 +1,6 @@
 """The symbolic-distillation targets, measured and printed (issue: symbolic distillation).
 
-    python -m benchmarks.distill_targets [--skip-speed]
+    python -m tools.distill_targets [--skip-speed]
 
 * sanity: distillation of synthetic teachers (SGD −0.01·g, heavy-ball momentum 0.6, Adam) recovers
   SGD exactly and the others with held-out R² ≥ 0.95;
@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 import learned_optim as lo
+from benchmarks import l2o_eval, overhead
+from benchmarks.stats import mean
 from learned_optim.meta import distill
 from learned_optim.meta.regression import OperonBackend, SearchSettings
-
-from . import l2o_eval, overhead
-from .report import mean, status
+from tools.targets import status
 
 STUDENT, TEACHER = "symbolic-rnnprop-mnist", "rnnprop-mnist"
 

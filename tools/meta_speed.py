@@ -1,11 +1,11 @@
 """Meta-training speed: seconds per meta-step against the unroll length K, and one meta-epoch.
 
-    python -m benchmarks.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
-    python -m benchmarks.meta_speed --no-epoch      # only the K sweep
-    python -m benchmarks.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
-    python -m benchmarks.meta_speed --compile --coordinate-threads 2   # coordinates split over 2 one-core threads
-    python -m benchmarks.meta_speed --architecture symbolic   # the floor: a one-constant rule instead of the LSTM
-    python -m benchmarks.meta_speed --epochs 3 --json F        # three meta-epochs; rows, commit and machine to F
+    python -m tools.meta_speed                 # K = 5, 10, 20, 40 and the classic meta-epoch
+    python -m tools.meta_speed --no-epoch      # only the K sweep
+    python -m tools.meta_speed --compile       # with the inner update torch.compile'd (config "compile")
+    python -m tools.meta_speed --compile --coordinate-threads 2   # coordinates split over 2 one-core threads
+    python -m tools.meta_speed --architecture symbolic   # the floor: a one-constant rule instead of the LSTM
+    python -m tools.meta_speed --epochs 3 --json F        # three meta-epochs; rows, commit and machine to F
 
 A meta-step is one unroll of K inner steps of the LSTM optimizer on ``mnist-mlp`` followed by
 one backward pass and one outer Adam step. With truncated BPTT done in one backward pass per
@@ -16,9 +16,9 @@ left is the cost of everything but the network (the task, its gradients, autogra
 
 This CPU's speed drifts from day to day by more than any change to the code (the same compiled
 meta-epoch: 24.9 s one day, 39.6–41.8 s another), so the script prints the machine's current matrix
-product and memory speed (``benchmarks.machine_speed``) before and after its timings, and records
+product and memory speed (``tools.machine_speed``) before and after its timings, and records
 each epoch's trajectory times and the LSTM-shaped product's speed just before it
-(``python -m benchmarks.meta_speed_plot`` draws them).
+(``python -m tools.meta_speed_plot`` draws them).
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ import torch
 
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
 from learned_optim.optimizers.symbolic import BUILTIN_RULES
-
-from .machine_speed import describe, lstm_matmul_gflops, machine_speed
-from .suites import environment
+from learned_optim.provenance import environment
+from tools.machine_speed import describe, lstm_matmul_gflops, machine_speed
 
 
 def _config(architecture: str, **settings) -> MetaTrainConfig:
