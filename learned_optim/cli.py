@@ -22,10 +22,20 @@ def _list(args: argparse.Namespace) -> int:
         searched = ", ".join(map(str, hub.weights_dirs())) or "(no weights folder exists)"
         print(f"no pretrained weights found; searched {searched}")
         return 0
-    width = max(len(entry["name"]) for entry in entries)
-    arch_width = max(len(entry["architecture"]) for entry in entries)
-    for entry in entries:
-        print(f"{entry['name']:<{width}}  {entry['architecture']:<{arch_width}}  {entry['description']}")
+    columns = ("name", "architecture", "recommendation", "description")
+    header = {
+        "name": "NAME",
+        "architecture": "ARCHITECTURE",
+        "recommendation": "RECOMMENDATION",
+        "description": "DESCRIPTION",
+    }
+    # Recommended weights first; weights without a recommendation (your own) last.
+    rank = {value: index for index, value in enumerate(hub.RECOMMENDATIONS)}
+    entries = sorted(entries, key=lambda entry: rank.get(entry["recommendation"], len(rank)))
+    rows = [header, *({**entry, "recommendation": entry["recommendation"] or "—"} for entry in entries)]
+    widths = {c: max(len(row[c]) for row in rows) for c in columns[:-1]}
+    for row in rows:
+        print("  ".join(f"{row[c]:<{widths[c]}}" for c in columns[:-1]) + "  " + row["description"])
     return 0
 
 
@@ -158,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"learned_optim {learned_optim.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listing = commands.add_parser("list", help="list the pretrained weights shipped with the package")
+    listing = commands.add_parser(
+        "list", help="list the pretrained weights: name, architecture, whether to use them, description"
+    )
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=_list)
 

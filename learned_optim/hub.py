@@ -44,6 +44,12 @@ _LOCAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+# ``recommendation`` in a weights folder's config.json: whether to train models with them. A study
+# object is kept to compare with the literature or to study what meta-training learns; weights
+# saved without one (your own) list as "".
+RECOMMENDATIONS = ("recommended", "not recommended", "study object")
+
+
 class WeightsNotFoundError(WeightsError):
     """No weights under that name, path or Hub repo (or the Hub is unreachable and nothing is cached)."""
 
@@ -75,7 +81,7 @@ def weights_dirs() -> list[Path]:
 
 
 def list_pretrained() -> list[dict[str, str]]:
-    """Name, architecture and description of every shipped weights directory."""
+    """Name, architecture, description and recommendation (see ``RECOMMENDATIONS``) of every weights folder found."""
     found: dict[str, dict[str, str]] = {}
     for folder in weights_dirs():
         for directory in sorted(folder.iterdir()):
@@ -86,6 +92,7 @@ def list_pretrained() -> list[dict[str, str]]:
                 "name": directory.name,
                 "architecture": str(config.get("architecture", "?")),
                 "description": str(config.get("description", "")),
+                "recommendation": str(config.get("recommendation", "")),
             }
     return sorted(found.values(), key=lambda entry: entry["name"])
 
@@ -244,10 +251,12 @@ def save_pretrained(
     metrics: dict[str, Any] | None = None,
     recipe: dict[str, Any] | None = None,
     model_card: str | None = None,
+    recommendation: str = "",
 ) -> Path:
     """Write ``optimizer``'s network as a weights directory; returns its path.
 
     ``model_card`` is the README.md text; a minimal card is written when it is omitted.
+    ``recommendation`` (one of ``RECOMMENDATIONS``) is what ``list_pretrained`` and ``learned-optim list`` show.
     Each file is written atomically, so an interrupted save never leaves a truncated file.
     """
     directory = Path(directory)
@@ -261,6 +270,10 @@ def save_pretrained(
         "metrics": metrics or {},
         "recipe": recipe or {},
     }
+    if recommendation:
+        if recommendation not in RECOMMENDATIONS:
+            raise ValueError(f"recommendation {recommendation!r} is not one of {RECOMMENDATIONS}")
+        document["recommendation"] = recommendation
     with _atomic_path(directory / WEIGHTS_NAME) as tmp:
         safetensors.torch.save_file(optimizer.theta, tmp, metadata={"format": "pt"})
     with _atomic_path(directory / CONFIG_NAME) as tmp:

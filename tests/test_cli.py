@@ -34,8 +34,24 @@ def weights_folder(tmp_path):
 def test_list_prints_name_architecture_and_description(weights_folder):
     out = run_cli("list", env={"LEARNED_OPTIM_WEIGHTS": str(weights_folder)}).stdout
     assert "tiny-lstm" in out and "lstm" in out and "tiny LSTM for tests" in out
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "ARCHITECTURE", "RECOMMENDATION", "DESCRIPTION"]
+    assert rows[-1].split()[:3] == ["tiny-lstm", "lstm", "—"]  # no recommendation: listed last
     entries = json.loads(run_cli("list", "--json", env={"LEARNED_OPTIM_WEIGHTS": str(weights_folder)}).stdout)
-    assert {"name": "tiny-lstm", "architecture": "lstm", "description": "tiny LSTM for tests"} in entries
+    assert {
+        "name": "tiny-lstm",
+        "architecture": "lstm",
+        "description": "tiny LSTM for tests",
+        "recommendation": "",
+    } in entries
+
+
+def test_list_puts_recommended_weights_first_and_marks_study_objects():
+    header, *rows = run_cli("list").stdout.splitlines()
+    column = header.index("RECOMMENDATION")
+    use = {row.split()[0]: row[column:].split("  ")[0] for row in rows}
+    assert use["rnnprop-mnist"] == "recommended" and use["hamiltonian-quadratic"] == "study object"
+    assert use[rows[0].split()[0]] == "recommended"
 
 
 def test_download_from_the_hub_into_the_cache(weights_folder, tmp_path):

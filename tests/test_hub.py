@@ -54,6 +54,7 @@ def test_load_by_name_and_list_pretrained(saved, monkeypatch):
         "name": "tiny-rnnprop",
         "architecture": "rnnprop",
         "description": "a tiny test network",
+        "recommendation": "",
     }
     model = torch.nn.Linear(3, 2)
     loaded = lo.load("tiny-rnnprop", model.parameters(), lr=0.5)
@@ -64,6 +65,24 @@ def test_load_by_name_and_list_pretrained(saved, monkeypatch):
     assert lo.RNNprop.from_pretrained("tiny-rnnprop", model.parameters()).config.hidden_size == 4
     with pytest.raises(lo.WeightsError, match="not 'lstm'"):
         lo.LSTMOptimizer.from_pretrained("tiny-rnnprop", model.parameters())
+
+
+def test_shipped_weights_say_whether_to_use_them():
+    from learned_optim.hub import RECOMMENDATIONS
+
+    shipped = {entry["name"]: entry["recommendation"] for entry in lo.list_pretrained()}
+    assert set(shipped.values()) <= set(RECOMMENDATIONS)
+    study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"}
+    assert {name for name, use in shipped.items() if use == "study object"} == study_objects
+    assert {"rnnprop-mnist", "hamiltonian-mnist"} <= {name for name, use in shipped.items() if use == "recommended"}
+
+
+def test_save_pretrained_records_a_known_recommendation_only(tmp_path):
+    optimizer = lo.RNNprop([torch.nn.Parameter(torch.zeros(1))], hidden_size=3, num_layers=1)
+    optimizer.save_pretrained(tmp_path / "mine", recommendation="study object")
+    assert json.loads((tmp_path / "mine" / "config.json").read_text())["recommendation"] == "study object"
+    with pytest.raises(ValueError, match="recommendation 'best'"):
+        optimizer.save_pretrained(tmp_path / "other", recommendation="best")
 
 
 def test_unknown_name_lists_what_is_available(saved, monkeypatch):
