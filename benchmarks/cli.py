@@ -1,23 +1,26 @@
 """``learned-optim bench SUITE`` (also ``python -m benchmarks SUITE`` in a checkout).
 
-Suites: quick, mnist, transfer, resnet50 (training against tuned baselines, see
-``benchmarks.suites``) and overhead (step time and peak memory against torch.optim.Adam, see
-``benchmarks.overhead``). Each writes into ``--out`` (default ``bench-results/<suite>``):
-``results.json`` (schema below), ``results.md`` and ``<suite>.png``; rerunning the same command
-resumes, reusing every finished cell.
+Suites: quick (the recommended learned optimizers, a few minutes), mnist, transfer, resnet50
+(every pretrained learned optimizer; see ``benchmarks.suites``): each learned optimizer at lr = 1
+against SGD, SGD with momentum and Adam, each at its tuned learning rate, and judged against the
+best of those three at each reported step. overhead: step time and peak memory against
+torch.optim.Adam (``benchmarks.overhead``). Each suite writes into --out (default
+bench-results/SUITE): results.json (schema below), results.md and SUITE.png; rerunning the same
+command resumes, reusing every finished cell.
 
-Schema ``learned_optim.bench.results/1`` (training suites): top level ``suite``, ``description``,
-``protocol``, ``command``, ``environment`` (commit, torch, python, machine, device, threads),
-``plans`` (per task: steps, report, seeds, tuning_seeds), ``grids`` (baseline → learning rates),
-``baselines``, ``learned``, ``cells`` and ``summary``. A cell (key
-``phase/task/optimizer@lr/seeds=N/steps=T``) holds its specification (task, optimizer, lr, seeds,
-steps, report, metrics, fit_split), ``phase`` (tune or final), ``weights_sha256`` (learned
-optimizers), ``seconds``, ``step_seconds`` (median), ``state_bytes_per_run``,
-``parameters_per_run``, ``diverged_at`` (per seed: step or null), ``train_loss_curve`` (per-step
-minibatch loss, mean over seeds), ``smoothed_curve`` (window, step, mean, std, seeds) and ``at``
-(reported step → metric → per-seed values). ``summary`` is task → {plan, optimizers: optimizer →
-reported step → {lr, lr_at_grid_edge, <metric>: {mean, std, per_seed}, diverged_seeds,
-step_seconds, state_bytes_per_run, vs_adam}}.
+Schema learned_optim.bench.results/1 (training suites): top level suite, description, protocol,
+command, environment (commit, torch, python, machine, device, threads), plans (per task: steps,
+report, seeds, tuning_seeds), grids (baseline -> learning rates), baselines, learned,
+recommendations (learned optimizer -> recommended / not recommended / study object), cells and
+summary. A cell (key phase/task/optimizer@lr/seeds=N/steps=T) holds its specification (task,
+optimizer, lr, seeds, steps, report, metrics, fit_split), phase (tune or final), weights_sha256
+(learned optimizers), seconds, step_seconds (median), state_bytes_per_run, parameters_per_run,
+diverged_at (per seed: step or null), train_loss_curve (per-step minibatch loss, mean over seeds),
+smoothed_curve (window, step, mean, std, seeds) and at (reported step -> metric -> per-seed
+values). summary is task -> {plan, optimizers: optimizer -> reported step -> {lr,
+lr_at_grid_edge, <metric>: {mean, std, per_seed}, diverged_seeds, step_seconds,
+state_bytes_per_run, and for learned optimizers best_baseline, vs_best_baseline, vs_adam}}; a
+verdict is better, worse or tie (two standard errors of the difference of the means).
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ from .suites import SUITES, run_suite, with_overrides
 
 def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("suite", choices=[*SUITES, "overhead"])
     parser.add_argument("--out", type=Path, help="results folder (default: bench-results/<suite>)")
-    parser.add_argument("--optimizers", nargs="*", help="learned optimizers (default: every pretrained one)")
+    parser.add_argument(
+        "--optimizers", nargs="*", help="learned optimizers (default: quick: the recommended ones; others: all)"
+    )
     parser.add_argument("--baselines", nargs="*", help="subset of the suite's baselines (sgd, sgd-momentum, adam)")
     parser.add_argument("--tasks", nargs="*", help="train these tasks instead of the suite's")
     parser.add_argument("--steps", type=int, help="training steps per run (overrides the suite)")

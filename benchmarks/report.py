@@ -1,8 +1,11 @@
 """Tables, verdicts and plots from a suite's results JSON (``benchmarks.suites``).
 
-A learned optimizer *beats* tuned Adam at step t when its mean training loss is lower by more
-than twice the standard error of the difference of the two means over seeds (Welch); *loses*
-when higher by as much; otherwise the two *tie*. A diverged seed counts as infinite loss.
+Each learned optimizer is judged against the *best tuned baseline* at step t: of the tuned SGD,
+SGD with momentum and Adam, the one with the lowest mean training loss at t. It *beats* that
+baseline when its mean training loss is lower by more than twice the standard error of the
+difference of the two means over seeds (Welch); *loses* when higher by as much; otherwise the
+two *tie*. A diverged seed counts as infinite loss. (``vs_adam``, the same verdict against tuned
+Adam alone, stays in the summary.)
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .stats import mean, std, verdict
-from .suites import TaskPlan, chosen_rates
+from .suites import TaskPlan, chosen_rates, recommendations
 
 METRIC_LABELS = {"train_loss": "train loss", "test_accuracy": "test acc."}
 
@@ -25,7 +28,11 @@ def _final_cell(cells: dict[str, Any], task: str, optimizer: str, lr: float) -> 
 
 
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
-    """``{task: {optimizer: {step: figures}}}`` for every finished final run, plus verdicts vs Adam."""
+    """``{task: {optimizer: {step: figures}}}`` for every finished final run, plus the verdicts.
+
+    A learned optimizer's figures at step t carry ``best_baseline`` (the tuned baseline with the
+    lowest mean training loss at t), ``vs_best_baseline`` and ``vs_adam``.
+    """
     summary: dict[str, Any] = {}
     for plan_fields in data["plans"]:
         plan = TaskPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_fields.items()})
@@ -58,12 +65,30 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             if figures:
                 rows[name] = figures
         adam = rows.get("adam", {})
+        baselines = [name for name in data["baselines"] if name in rows]
         for name, figures in rows.items():
             for step, entry in figures.items():
                 if name != "adam" and step in adam:
                     entry["vs_adam"] = verdict(entry["train_loss"]["per_seed"], adam[step]["train_loss"]["per_seed"])
+                best = best_baseline(rows, baselines, step)
+                if name in data["learned"] and best is not None:
+                    entry["best_baseline"] = best
+                    reference = rows[best][step]["train_loss"]["per_seed"]
+                    entry["vs_best_baseline"] = verdict(entry["train_loss"]["per_seed"], reference)
         summary[plan.task] = {"plan": plan_fields, "optimizers": rows}
     return summary
+
+
+def best_baseline(rows: dict[str, Any], baselines: list[str], step: str) -> str | None:
+    """The tuned baseline with the lowest mean training loss at ``step`` (None if none finished)."""
+    finished = [name for name in baselines if step in rows.get(name, {})]
+    return min(finished, key=lambda name: rows[name][step]["train_loss"]["mean"], default=None)
+
+
+def display_name(name: str, data: dict[str, Any]) -> str:
+    """The optimizer's name, marked when its weights are a study object (not for training models)."""
+    study = data.get("recommendations", {}).get(name) == "study object"
+    return f"{name} (study object)" if study else name
 
 
 def _figure(entry: dict[str, Any], metric: str) -> str:
@@ -75,7 +100,7 @@ def _figure(entry: dict[str, Any], metric: str) -> str:
     return f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
-def task_table(task: str, entry: dict[str, Any]) -> str:
+def task_table(task: str, entry: dict[str, Any], data: dict[str, Any]) -> str:
     plan, rows = entry["plan"], entry["optimizers"]
     steps = [str(r) for r in plan["report"]]
     header = (
@@ -98,16 +123,18 @@ def task_table(task: str, entry: dict[str, Any]) -> str:
         time_ratio = f"{last['step_seconds'] / adam['step_seconds']:.2f}×" if adam else "—"
         state_ratio = f"{last['state_bytes_per_run'] / adam['state_bytes_per_run']:.2f}×" if adam else "—"
         lines.append(
-            f"| {name} | {rates} | " + " | ".join(values) + f" | {last['step_seconds'] * 1e3:.1f} ms "
+            f"| {display_name(name, data)} | {rates} | "
+            + " | ".join(values)
+            + f" | {last['step_seconds'] * 1e3:.1f} ms "
             f"| {time_ratio} | {state_ratio} |"
         )
     return "\n".join(lines)
 
 
-def verdict_table(summary: dict[str, Any], learned: list[str]) -> str:
-    """Rows: learned optimizers; columns: task at each reported step; cells: the verdict vs tuned Adam."""
+def verdict_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
+    """Rows: learned optimizers; columns: task at each reported step; cells: the verdict vs the best tuned baseline."""
     columns = [(task, step) for task, entry in summary.items() for step in map(str, entry["plan"]["report"])]
-    learned = [n for n in sorted(learned) if any(n in entry["optimizers"] for entry in summary.values())]
+    learned = [n for n in sorted(data["learned"]) if any(n in entry["optimizers"] for entry in summary.values())]
     lines = [
         "| learned optimizer | " + " | ".join(f"{task} t={step}" for task, step in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -115,13 +142,15 @@ def verdict_table(summary: dict[str, Any], learned: list[str]) -> str:
     for name in learned:
         cells = []
         for task, step in columns:
-            mine = summary[task]["optimizers"].get(name, {}).get(step)
-            adam = summary[task]["optimizers"].get("adam", {}).get(step)
-            if mine is None or adam is None:
+            rows = summary[task]["optimizers"]
+            mine = rows.get(name, {}).get(step)
+            if mine is None or "best_baseline" not in mine:
                 cells.append("—")
                 continue
-            cells.append(f"{mine['vs_adam']} ({mine['train_loss']['mean']:.3f} vs {adam['train_loss']['mean']:.3f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            best = mine["best_baseline"]
+            reference = rows[best][step]["train_loss"]["mean"]
+            cells.append(f"{mine['vs_best_baseline']} ({mine['train_loss']['mean']:.3f} vs {best} {reference:.3f})")
+        lines.append(f"| {display_name(name, data)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -135,9 +164,13 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"Protocol: {data['protocol']}",
         "",
-        "## Learned optimizers against tuned Adam (training loss at step t; better/worse = beyond two standard errors)",
+        "## Learned optimizers against the best tuned baseline",
         "",
-        verdict_table(summary, data["learned"]),
+        "At each step t the best tuned baseline is whichever of SGD, SGD with momentum and Adam (each at its tuned "
+        "learning rate) has the lowest mean training loss there. Cells: better / worse / tie (within two standard "
+        "errors), then training loss: learned vs that baseline.",
+        "",
+        verdict_table(summary, data),
         "",
         "## Per task",
         "",
@@ -147,25 +180,34 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "state bytes per parameter.",
         "",
     ]
-    parts += [task_table(task, entry) + "\n" for task, entry in summary.items()]
+    parts += [task_table(task, entry, data) + "\n" for task, entry in summary.items()]
     return "\n".join(parts)
 
 
 def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
-    """One panel per task: smoothed training loss, mean and a ±std band (mirrored in log scale)."""
+    """One panel per task: smoothed training loss, mean over seeds with a shaded ±1 std band.
+
+    Each optimizer keeps its colour in every panel; baselines are dashed, study objects thin and
+    dotted. Each panel's title names the lowest training loss at the last reported step, and the
+    legend sits below the panels, off the data.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(summary)
+    names = list(dict.fromkeys(n for task in tasks for n in summary[task]["optimizers"]))
+    colours = {name: plt.get_cmap("tab10" if len(names) <= 10 else "tab20")(i) for i, name in enumerate(names)}
     columns = min(3, len(tasks))
     rows = math.ceil(len(tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows + 1.2), squeeze=False)
+    handles: dict[str, Any] = {}
     for axis, task in zip(axes.flat, tasks, strict=False):
         cell = None
+        optimizers = summary[task]["optimizers"]
         last = str(summary[task]["plan"]["report"][-1])
-        for name, figures in summary[task]["optimizers"].items():
+        for name, figures in optimizers.items():
             if last not in figures:
                 continue
             cell = _final_cell(data["cells"], task, name, figures[last]["lr"])
@@ -173,22 +215,34 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
             if not curve["step"]:
                 continue
             high = [m + s for m, s in zip(curve["mean"], curve["std"], strict=True)]
-            # Mirrored on the log axis (mean / (1 + std/mean) ≈ mean − std for small std): mean − std
-            # can be ≤ 0, which a log axis cannot draw and would stretch to its floor.
+            # The lower edge is mean² / (mean + std), ≈ mean − std for a small std: mean − std can be
+            # ≤ 0, which a log axis cannot draw, and this keeps the band symmetric on the log axis.
             low = [m * m / h if h > 0 else m for m, h in zip(curve["mean"], high, strict=True)]
             learned = name in data["learned"]
-            label = f"{name}" + ("" if learned else f" (lr {figures[last]['lr']:g})")
-            line = axis.plot(curve["step"], curve["mean"], label=label, linestyle="-" if learned else "--")[0]
-            axis.fill_between(curve["step"], low, high, color=line.get_color(), alpha=0.2)
+            study = learned and data.get("recommendations", {}).get(name) == "study object"
+            style = {"linestyle": ":" if study else ("-" if learned else "--"), "linewidth": 1.0 if study else 1.6}
+            label = display_name(name, data) if learned else f"{name} (tuned)"
+            (line,) = axis.plot(curve["step"], curve["mean"], color=colours[name], label=label, **style)
+            axis.fill_between(curve["step"], low, high, color=colours[name], alpha=0.15, linewidth=0)
+            handles.setdefault(label, line)
         window = cell["smoothed_curve"]["window"] if cell is not None else 1
-        axis.set(title=task, xlabel="step", ylabel=f"training loss ({window}-step moving average)", yscale="log")
+        finished = {n: f[last]["train_loss"]["mean"] for n, f in optimizers.items() if last in f}
+        winner = min(finished, key=finished.get, default=None)
+        lowest = f"\nlowest at step {last}: {winner} ({finished[winner]:.3f})" if winner else ""
+        axis.set_title(f"{task}{lowest}", fontsize=10)
+        axis.set(xlabel="step", ylabel=f"training loss ({window}-step moving average)", yscale="log")
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=8)
     for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
-    commit = data["environment"]["commit"]
-    figure.suptitle(f"{data['suite']}: mean over seeds, band mean + std and its log-mirror (commit {commit})")
-    figure.tight_layout()
+    figure.suptitle(
+        f"Benchmark suite {data['suite']}: training loss over steps, lower is better; "
+        f"line = mean over seeds, band = ±1 std; baselines tuned (commit {data['environment']['commit']})",
+        fontsize=11,
+    )
+    legend_columns = min(4, max(1, len(handles)))
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=legend_columns, fontsize=9, frameon=False)
+    legend_rows = math.ceil(len(handles) / legend_columns)
+    figure.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows * 4 / (4 * rows + 1.2), 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -196,6 +250,8 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
 
 def write_reports(data: dict[str, Any], out: Path) -> list[Path]:
     """``results.md`` and ``<suite>.png`` beside the results JSON."""
+    # Results written before weights carried a recommendation: look the names up now.
+    data.setdefault("recommendations", recommendations(data["learned"]))
     summary = data["summary"] = summarize(data)
     text = markdown(data, summary)
     (out / "results.md").write_text(text + "\n")

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from learned_optim.hub import list_pretrained
 from learned_optim.provenance import environment
 
 from .runner import CellSpec, run_cell, weights_digest
@@ -30,7 +31,7 @@ PROTOCOL = """\
    with the lowest mean *validation* loss at t (the half of the training images the optimizee
    does not train on); a rate with a diverged seed counts as infinite. A chosen rate at the edge
    of its grid is flagged in the table.
-2. **Rerun.** Each baseline at its chosen rate(s), and every pretrained learned optimizer at
+2. **Rerun.** Each baseline at its chosen rate(s), and each learned optimizer of the suite at
    lr = 1 (the step it was trained with, untuned), trains from ``seeds`` fresh seeds (1000, 1001,
    …). The figures reported at step t come from the run at the rate chosen for t.
 """
@@ -55,10 +56,13 @@ class TaskPlan:
 
 @dataclass(frozen=True)
 class Suite:
+    """``learned``: which pretrained weights run by default: ``every`` one, or the ``recommended`` ones."""
+
     name: str
     description: str
     plans: tuple[TaskPlan, ...]
     grids: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(BASELINE_GRIDS))
+    learned: str = "every"
 
 
 def _mlp(task: str, steps: int, report: tuple[int, ...], seeds: int, tuning_seeds: int) -> TaskPlan:
@@ -68,7 +72,12 @@ def _mlp(task: str, steps: int, report: tuple[int, ...], seeds: int, tuning_seed
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
-        Suite("quick", "a few minutes: mnist-mlp, 3 seeds, 300 steps", (_mlp("mnist-mlp", 300, (100, 300), 3, 2),)),
+        Suite(
+            "quick",
+            "a few minutes: the recommended learned optimizers on mnist-mlp, 3 seeds, 300 steps",
+            (_mlp("mnist-mlp", 300, (100, 300), 3, 2),),
+            learned="recommended",
+        ),
         Suite(
             "mnist",
             "the classic task: mnist-mlp (784-20-10 sigmoid), 5 seeds, 10000 steps",
@@ -97,11 +106,19 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def learned_optimizers() -> list[str]:
-    """Every pretrained learned optimizer ``list_pretrained()`` finds."""
-    from learned_optim import list_pretrained
+def learned_optimizers(which: str = "every") -> list[str]:
+    """The pretrained learned optimizers ``list_pretrained()`` finds: ``every`` one or the ``recommended`` ones."""
+    if which not in ("every", "recommended"):
+        raise ValueError(f"which learned optimizers: 'every' or 'recommended', not {which!r}")
+    return [
+        entry["name"] for entry in list_pretrained() if which == "every" or entry["recommendation"] == "recommended"
+    ]
 
-    return [entry["name"] for entry in list_pretrained()]
+
+def recommendations(names: list[str]) -> dict[str, str]:
+    """``{name: recommendation}`` of the pretrained ones among ``names`` (study objects are marked in reports)."""
+    listed = {entry["name"]: entry["recommendation"] for entry in list_pretrained()}
+    return {name: listed[name] for name in names if listed.get(name)}
 
 
 class Results:
@@ -163,7 +180,7 @@ def run_suite(
 ) -> Results:
     """Run (or resume) ``suite``, writing ``out/results.json`` after every cell."""
     results = Results(out / "results.json")
-    learned = learned_optimizers() if optimizers is None else optimizers
+    learned = learned_optimizers(suite.learned) if optimizers is None else optimizers
     baselines = list(suite.grids) if baselines is None else baselines
     unknown = [b for b in baselines if b not in suite.grids]
     if unknown:
@@ -180,6 +197,7 @@ def run_suite(
         plans=[asdict(p) for p in suite.plans],
         grids={b: list(suite.grids[b]) for b in baselines},
         learned=learned,
+        recommendations=recommendations(learned),
         baselines=baselines,
     )
     tuning = [

@@ -82,9 +82,15 @@ def test_suite_writes_schema_tables_and_plot_then_resumes_without_recomputing(tm
     assert learned["weights_sha256"] == suites.weights_digest("hamiltonian-mnist") and learned["lr"] == 1.0
     summary = data["summary"]["mnist-mlp"]["optimizers"]
     assert summary["hamiltonian-mnist"]["6"]["vs_adam"] in {"better", "worse", "tie"}
+    best = min(("sgd", "adam"), key=lambda b: summary[b]["6"]["train_loss"]["mean"])
+    assert summary["hamiltonian-mnist"]["6"]["best_baseline"] == best
+    assert summary["hamiltonian-mnist"]["6"]["vs_best_baseline"] in {"better", "worse", "tie"}
+    assert "best_baseline" not in summary["adam"]["6"]  # baselines are not judged
+    assert data["recommendations"] == {"hamiltonian-mnist": "recommended"}
     assert summary["sgd"]["6"]["lr"] in (0.3, 0.1)
     markdown = (tmp_path / "results.md").read_text()
     assert "| hamiltonian-mnist |" in markdown and "train loss t=6" in markdown
+    assert "## Learned optimizers against the best tuned baseline" in markdown and f"vs {best} " in markdown
     assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     def must_not_run(*args, **kwargs):
@@ -137,6 +143,33 @@ def test_unknown_baseline_is_a_clear_error(tmp_path):
 )
 def test_verdict_uses_two_standard_errors(candidate, reference, expected):
     assert report.verdict(candidate, reference) == expected
+
+
+def test_best_baseline_is_the_lowest_training_loss_at_that_step():
+    def figures(loss):
+        return {"train_loss": {"mean": loss}}
+
+    rows = {"sgd": {"100": figures(0.2), "300": figures(0.5)}, "adam": {"100": figures(0.3), "300": figures(0.4)}}
+    assert report.best_baseline(rows, ["sgd", "adam"], "100") == "sgd"
+    assert report.best_baseline(rows, ["sgd", "adam"], "300") == "adam"
+    assert report.best_baseline(rows, ["sgd-momentum"], "100") is None
+
+
+def test_quick_runs_the_recommended_weights_and_the_others_every_one():
+    every = suites.learned_optimizers("every")
+    recommended = suites.learned_optimizers(suites.SUITES["quick"].learned)
+    assert set(recommended) < set(every) and "rnnprop-mnist" in recommended
+    assert not {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"} & set(recommended)
+    assert all(suites.SUITES[name].learned == "every" for name in ("mnist", "transfer", "resnet50"))
+    with pytest.raises(ValueError, match="'every' or 'recommended'"):
+        suites.learned_optimizers("best")
+
+
+def test_bench_help_shows_the_schema_it_writes(capsys):
+    with pytest.raises(SystemExit):
+        bench_main(["--help"])
+    shown = capsys.readouterr().out
+    assert suites.SCHEMA in shown and "vs_best_baseline" in shown and "recommendations" in shown
 
 
 def test_overrides_keep_the_final_step_reported():
