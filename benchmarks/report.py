@@ -201,7 +201,11 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
     colours = {name: plt.get_cmap("tab10" if len(names) <= 10 else "tab20")(i) for i, name in enumerate(names)}
     columns = min(3, len(tasks))
     rows = math.ceil(len(tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows + 1.2), squeeze=False)
+    width = max(5.5 * columns, 9.0)  # one panel still leaves room for the title and legend
+    legend_columns = max(1, min(len(names), int(width // 3.4)))
+    legend_rows = math.ceil(len(names) / legend_columns)
+    height = 4 * rows + 0.7 + 0.22 * legend_rows  # the legend goes below the panels, off the data
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
     handles: dict[str, Any] = {}
     for axis, task in zip(axes.flat, tasks, strict=False):
         cell = None
@@ -235,14 +239,13 @@ def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
     for axis in list(axes.flat)[len(tasks) :]:
         axis.set_visible(False)
     figure.suptitle(
-        f"Benchmark suite {data['suite']}: training loss over steps, lower is better; "
-        f"line = mean over seeds, band = ±1 std; baselines tuned (commit {data['environment']['commit']})",
+        f"Benchmark suite {data['suite']}: training loss over steps (lower is better)\n"
+        f"line: mean over seeds; band: ±1 std; baselines at their tuned learning rates; "
+        f"commit {data['environment']['commit']}",
         fontsize=11,
     )
-    legend_columns = min(4, max(1, len(handles)))
     figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=legend_columns, fontsize=9, frameon=False)
-    legend_rows = math.ceil(len(handles) / legend_columns)
-    figure.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows * 4 / (4 * rows + 1.2), 1, 0.97))
+    figure.tight_layout(rect=(0, (0.1 + 0.22 * legend_rows) / height, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
