@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from learned_optim.factory import make_optimizer
+from learned_optim.factory import FUSED_SUFFIX, make_optimizer
+from learned_optim.optimizers import ARCHITECTURES
 from learned_optim.provenance import environment
 
 METHOD = """\
@@ -34,8 +35,9 @@ their architecture: the cost does not depend on the weights. Reported per optimi
   CPU this is the process's resident high-water mark (Linux VmHWM, reset before the step); on
   CUDA, torch.cuda.max_memory_allocated.
 """
-# symbolic: the built-in Adam-like rule; +fused: the same optimizer with fused=True (torch.compile)
-LEARNED = ("rnnprop", "lstm", "hamiltonian", "hamiltonian+fused", "symbolic", "symbolic+fused")
+# Every registered architecture with a fresh network (symbolic: the built-in Adam-like rule), eager
+# and with fused=True (+fused: torch.compile).
+LEARNED = (*ARCHITECTURES, *(f"{name}{FUSED_SUFFIX}" for name in ARCHITECTURES))
 OPTIMIZERS = ("adam", "adam-foreach", "adam-fused", *LEARNED)
 
 

@@ -1,6 +1,7 @@
 """Train a small MLP on MNIST; swap Adam for a learned optimizer by changing one line.
 
 python examples/quickstart_mnist.py --optimizer rnnprop --steps 300
+python examples/quickstart_mnist.py --weights hamiltonian-mnist   # pretrained weights
 """
 
 import argparse
@@ -12,7 +13,7 @@ import learned_optim as lo
 from learned_optim.meta.tasks.data import load_images
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--optimizer", choices=["adam", "rnnprop", "lstm"], default="rnnprop")
+parser.add_argument("--optimizer", choices=["adam", *lo.ARCHITECTURES], default="rnnprop")
 parser.add_argument("--weights", help="pretrained weights name, directory or Hub repo id (default: fresh network)")
 parser.add_argument("--steps", type=int, default=300)
 parser.add_argument("--data-root", help="dataset folder (default: $LEARNED_OPTIM_DATA or ~/.cache)")
@@ -26,10 +27,8 @@ if args.weights:
     opt = lo.load(args.weights, model.parameters())
 elif args.optimizer == "adam":
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # the line a user replaces ...
-elif args.optimizer == "rnnprop":
-    opt = lo.RNNprop(model.parameters())  # ... with this one (fresh, untrained weights) ...
-else:
-    opt = lo.LSTMOptimizer(model.parameters())  # ... or this one
+else:  # ... with a learned one, e.g. lo.RNNprop(model.parameters()) (fresh, untrained weights)
+    opt = lo.ARCHITECTURES[args.optimizer](model.parameters())
 
 for step in range(1, args.steps + 1):
     batch = torch.randint(0, len(images), (128,))

@@ -4,6 +4,7 @@ import learned_optim as lo
 opt = lo.load("rnnprop-mnist", model.parameters())   # was: torch.optim.Adam(model.parameters())
 """
 
+from learned_optim import optimizers
 from learned_optim.base import LearnedOptimizer
 from learned_optim.errors import DatasetUnavailableError, UnknownArchitectureError, WeightsError
 from learned_optim.hub import (
@@ -15,33 +16,18 @@ from learned_optim.hub import (
     push_to_hub,
     save_pretrained,
 )
-from learned_optim.optimizers import (
-    ARCHITECTURES,
-    Hamiltonian,
-    HamiltonianConfig,
-    LSTMConfig,
-    LSTMOptimizer,
-    RNNprop,
-    RNNpropConfig,
-    Symbolic,
-    SymbolicConfig,
-)
+
+# Every registered architecture's class and config (``lo.RNNprop``, ``lo.RNNpropConfig``, …) and
+# ``ARCHITECTURES``: learned_optim.optimizers is where an architecture is registered, once.
+from learned_optim.optimizers import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARCHITECTURES",
+    *(name for name in optimizers.__all__ if name not in ("BUILTIN_RULES", "get_architecture")),
     "DatasetUnavailableError",
-    "Hamiltonian",
-    "HamiltonianConfig",
-    "LSTMConfig",
-    "LSTMOptimizer",
     "LearnedOptimizer",
     "Pretrained",
-    "RNNprop",
-    "RNNpropConfig",
-    "Symbolic",
-    "SymbolicConfig",
     "UnknownArchitectureError",
     "WeightsError",
     "WeightsNotFoundError",

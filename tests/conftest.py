@@ -15,8 +15,10 @@ os.environ.setdefault("LEARNED_OPTIM_DATA", str(REPO / "data"))
 if SHARED_DATA.is_dir():
     os.environ.setdefault("LEARNED_OPTIM_DATA_MIRROR", str(SHARED_DATA))
 
-NETWORK_OPTIMIZERS = [lo.LSTMOptimizer, lo.RNNprop, lo.Hamiltonian]
-OPTIMIZERS = [*NETWORK_OPTIMIZERS, lo.Symbolic]  # Symbolic's weights are its rule's constants
+# Every registered architecture: a new one is tested the day it is registered.
+OPTIMIZERS = list(lo.ARCHITECTURES.values())
+# Those whose weights are a network drawn from the seed (Symbolic's are its rule's constants).
+NETWORK_OPTIMIZERS = [cls for cls in OPTIMIZERS if cls is not lo.Symbolic]
 
 
 @pytest.fixture(params=OPTIMIZERS, ids=lambda cls: cls.__name__)

@@ -73,3 +73,10 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
         text=True,
     )
     assert bench_help.returncode == 0 and "quick" in bench_help.stdout, bench_help.stderr
+
+
+def test_every_registered_architecture_is_public_with_its_config():
+    for name, cls in lo.ARCHITECTURES.items():
+        assert cls.architecture == name
+        for public in (cls, cls.Config):
+            assert getattr(lo, public.__name__) is public and public.__name__ in lo.__all__

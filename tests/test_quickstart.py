@@ -1,4 +1,4 @@
-"""The README's quick start: an MNIST MLP trains with Adam, RNNprop and the LSTM optimizer."""
+"""The README's quick start: an MNIST MLP trains with Adam and with every registered learned optimizer."""
 
 import math
 import os
@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import learned_optim as lo
+
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "quickstart_mnist.py"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adam", "rnnprop", "lstm"])
+@pytest.mark.parametrize("optimizer", ["adam", *lo.ARCHITECTURES])
 def test_quickstart_trains_with_every_optimizer(optimizer):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--optimizer", optimizer, "--steps", "50"],
