@@ -21,9 +21,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import learned_optim as lo
+from learned_optim.cards import set_subsection
 from learned_optim.provenance import environment
 
 from . import runner
+from .cache import write_cells
 from .runner import EVAL_EXAMPLES, CellSpec
 from .stats import mean
 
@@ -62,12 +64,8 @@ def run_cell(task_name: str, optimizer: str, lr: float, seeds: int, steps: int, 
 
 
 def write_results(out: Path, results: dict[str, Any]) -> None:
-    """The cache as JSON with one line per cell, so diffs stay readable."""
-    cells = ",\n".join(f"  {json.dumps(key)}: {json.dumps(cell)}" for key, cell in results["cells"].items())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(f'{{"meta": {json.dumps(results.get("meta", {}))},\n "cells": {{\n{cells}\n}}}}\n')
-    temporary.replace(out)  # atomic: an interrupted run keeps the previous cache
+    """The cache: ``meta`` (task, environment, protocol) and one line per cell."""
+    write_cells(out, {"meta": results.get("meta", {})}, results["cells"])
 
 
 def summarize(values: list[float]) -> str:
@@ -143,26 +141,12 @@ def update_card(name: str, results: dict[str, Any], args: argparse.Namespace, re
         "results": {optimizer: figures(by_step) for optimizer, by_step in chosen.items()},
     }
     (directory / "config.json").write_text(json.dumps(document, indent=2) + "\n")
-    card = (directory / "README.md").read_text()
     section = (
         f"### {args.task}\n\n{text}\n\nCommand: `{command_line(args)}` at commit {commit} "
         f"({machine}, {results['meta']['threads']} threads).\n"
     )
-    head, marker, tail = card.partition("## Evaluation\n")
-    if not marker:
-        card = card + "\n## Evaluation\n\n" + section
-    else:
-        body, next_heading, rest = tail.partition("\n## ")
-        blocks = [b for b in body.split("\n### ") if b.strip() and not b.lstrip().startswith("Not evaluated")]
-        blocks = [b if b.startswith("### ") else "### " + b for b in blocks]
-        # Replace this task's section where it stands, so rerunning one task keeps the card's order.
-        heading = f"### {args.task}\n"
-        if any(block.startswith(heading) for block in blocks):
-            blocks = [section if block.startswith(heading) else block for block in blocks]
-        else:
-            blocks.append(section)
-        card = head + marker + "\n" + "\n".join(b.strip() + "\n" for b in blocks) + next_heading + rest
-    (directory / "README.md").write_text(card)
+    card = (directory / "README.md").read_text()
+    (directory / "README.md").write_text(set_subsection(card, section))
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from learned_optim.hub import list_pretrained
 from learned_optim.provenance import environment
 
+from .cache import write_cells
 from .runner import CellSpec, run_cell, weights_digest
 from .stats import mean
 
@@ -140,12 +141,7 @@ class Results:
         return cell if same_spec and cell.get("weights_sha256") == digest else None
 
     def write(self) -> None:
-        header = {k: v for k, v in self.data.items() if k != "cells"}
-        cells = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in self.cells.items())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(header, indent=1)[:-2] + f',\n "cells": {{\n{cells}\n}}}}\n')
-        temporary.replace(self.path)  # atomic: an interrupted run keeps the previous file
+        write_cells(self.path, self.data, self.cells)
 
 
 def cell_key(phase: str, spec: CellSpec) -> str:

@@ -31,6 +31,7 @@ import safetensors.torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from learned_optim import cards
 from learned_optim.base import LearnedOptimizer, config_from_dict, install_weights_io, validate_theta
 from learned_optim.errors import WeightsError
 from learned_optim.optimizers import get_architecture
@@ -286,30 +287,10 @@ def save_pretrained(
 
 def default_model_card(name: str, document: dict[str, Any]) -> str:
     """A model card with the Hub's YAML header, the description, metrics and recipe."""
-    lines = [
-        "---",
-        "library_name: learned_optim",
-        "tags:",
-        "- learned-optimizer",
-        "- pytorch",
-        "---",
-        "",
-        f"# {name}",
-        "",
-        document["description"] or f"A `{document['architecture']}` learned optimizer.",
-        "",
-        "```python",
-        "import learned_optim as lo",
-        f'opt = lo.load("{name}", model.parameters())',
-        "```",
-        "",
-        f"Architecture `{document['architecture']}`: `{json.dumps(document['config'])}`",
-    ]
-    if document["metrics"]:
-        lines += ["", "## Metrics", "", "```json", json.dumps(document["metrics"], indent=2), "```"]
-    if document["recipe"]:
-        lines += ["", "## Recipe", "", "```json", json.dumps(document["recipe"], indent=2), "```"]
-    return "\n".join(lines) + "\n"
+    summary = document["description"] or f"A `{document['architecture']}` learned optimizer."
+    parts = (("Metrics", "metrics"), ("Recipe", "recipe"))
+    sections = [(title, cards.json_block(document[key])) for title, key in parts if document[key]]
+    return cards.model_card(name, summary, sections, architecture=(document["architecture"], document["config"]))
 
 
 @contextlib.contextmanager

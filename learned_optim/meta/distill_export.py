@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from learned_optim.cards import EVALUATION, NOT_EVALUATED, model_card
 from learned_optim.hub import save_pretrained
 from learned_optim.meta import sympy_rules
 from learned_optim.meta.distill import Dataset, Distillation, predict
@@ -62,56 +63,31 @@ def distill_card(name: str, teacher: str, distillation: Distillation, recipe: di
     rows = "\n".join(
         f"| {c.size} | {c.train_r2:.3f} | {c.heldout_r2:.3f} | `{c.rule.infix(3)}` |" for c in distillation.candidates
     )
-    return f"""---
-library_name: learned_optim
-tags:
-- learned-optimizer
-- symbolic-regression
-- pytorch
----
-
-# {name}
-
-A closed-form update rule distilled from `{teacher}` by symbolic regression (Zheng et al., ICLR 2022).
+    summary = f"""A closed-form update rule distilled from `{teacher}` by symbolic regression (Zheng et al., ICLR 2022).
 The parameter moves by θ ← θ − lr · d with
 
 $$d_t = {sympy_rules.to_latex(chosen.rule)}$$
 
 (constants rounded for display; `config.json` holds them exactly). Inputs:
-{inputs}, with β1 = {recipe["beta1"]}, β2 = {recipe["beta2"]}.
-
-```python
-import learned_optim as lo
-
-opt = lo.load("{name}", model.parameters())
-```
-
-## Fidelity
-
-R² of the rule against the teacher's directions: **{chosen.heldout_r2:.3f}** on held-out trajectories
+{inputs}, with β1 = {recipe["beta1"]}, β2 = {recipe["beta2"]}."""
+    fidelity = f"""R² of the rule against the teacher's directions: **{chosen.heldout_r2:.3f}** on held-out trajectories
 (train {chosen.train_r2:.3f}), rule size {chosen.size} nodes.
 
 ![response curves](response.png)
 
 | size | train R² | held-out R² | rule |
 |---:|---:|---:|---|
-{rows}
-
-## Evaluation
-
-Not evaluated yet: run `python -m benchmarks.l2o_eval --weights {name}` to fill this section.
-
-## Recipe
-
-```bash
+{rows}"""
+    recipe_text = f"""```bash
 {recipe["command"]}
 ```
 
 Recorded {data["trajectories"]} trajectories × {data["steps"]} steps of `{data["task"]}`,
 {data["coordinates_per_tensor"]} coordinates per tensor per step; held-out fraction {recipe["heldout_fraction"]};
 backend `{recipe["backend"]}` for {recipe["search"]["time_limit"]} s; seed {recipe["seed"]}; commit {recipe["commit"]},
-torch {recipe["torch"]}, {recipe["machine"]}. Every setting is in `config.json` under `recipe`.
-"""
+torch {recipe["torch"]}, {recipe["machine"]}. Every setting is in `config.json` under `recipe`."""
+    sections = [("Fidelity", fidelity), (EVALUATION, NOT_EVALUATED.format(name=name)), ("Recipe", recipe_text)]
+    return model_card(name, summary, sections, tags=("symbolic-regression",))
 
 
 def export(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from learned_optim.cards import EVALUATION, NOT_EVALUATED, model_card
 from learned_optim.hub import save_pretrained
 from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
 from learned_optim.provenance import git_commit, machine
@@ -44,32 +44,7 @@ def training_card(
         f"| {r['epoch']} | {r['phase']} | {r['horizon']} | {_loss(r['train_loss'])} | {r['valid_loss']:.4f} |"
         for r in history
     )
-    return f"""---
-library_name: learned_optim
-tags:
-- learned-optimizer
-- pytorch
----
-
-# {name}
-
-{config.description}
-
-```python
-import learned_optim as lo
-
-opt = lo.load("{name}", model.parameters())
-```
-
-Architecture `{config.architecture}` with `{json.dumps(optimizer_config)}`.
-
-## Evaluation
-
-Not evaluated yet: run `python -m benchmarks.l2o_eval --weights {name}` to fill this section.
-
-## Recipe
-
-```bash
+    recipe_text = f"""```bash
 {recipe["command"]}
 ```
 
@@ -81,8 +56,13 @@ Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed
 
 | epoch | phase | horizon | meta-train loss | meta-validation loss |
 |---:|---|---:|---:|---:|
-{rows}
-"""
+{rows}"""
+    return model_card(
+        name,
+        config.description,
+        [(EVALUATION, NOT_EVALUATED.format(name=name)), ("Recipe", recipe_text)],
+        architecture=(config.architecture, optimizer_config),
+    )
 
 
 def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Path, command: str) -> Path:
