@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -193,3 +195,10 @@ def test_resnet50_parameter_set_has_resnet50_shapes():
 
     shapes = parameter_shapes("resnet50")
     assert len(shapes) == 161 and sum(math.prod(s) for s in shapes) == 25_557_032
+
+
+def test_bench_does_not_import_the_meta_trainer():
+    code = "import sys, benchmarks.cli; print(sorted(m for m in sys.modules if m.startswith('learned_optim.meta.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "learned_optim.meta.tasks" in loaded  # the tasks it trains on
+    assert "trainer" not in loaded and "export" not in loaded and "distill" not in loaded
