@@ -96,7 +96,7 @@ class MetaTrainConfig:
         check_positive("imitation_lr", self.imitation_lr)
         check_non_negative("inner_lr", self.inner_lr)
         if not self.horizons or any(not h > 0 or h % self.unroll for h in self.horizons):
-            raise ValueError(f"Invalid horizons: {self.horizons}; each must be a positive multiple of unroll={self.unroll}")
+            raise ValueError(f"Invalid horizons: {self.horizons}; each must be a multiple of unroll={self.unroll}")
         if self.imitation_epochs and self.imitation_teacher not in TEACHERS:
             raise ValueError(f"imitation_epochs needs imitation_teacher, one of {TEACHERS}")
         if self.symmetry_weight and self.rescale:

@@ -30,9 +30,11 @@ so a large R cannot flip the momentum)::
     p_{t+1} = exp(−R κ(p_t)) p_t − b g_t
     θ_{t+1} = θ_t + lr · b ∂K/∂p(p_{t+1})          direction d_t = −b ∂K/∂p(p_{t+1})
 
-A coordinate whose gradient has been exactly zero since the start keeps p = 0 and so d_t = 0:
-frozen rows stay frozen, as with SGD and Adam. With K = p²/2, constant R and b (``normalize=False``) this is heavy-ball momentum: momentum
+With K = p²/2, constant R and b (``normalize=False``) this is heavy-ball momentum: momentum
 μ = e^{−R} and learning rate lr · b². State per coordinate: p and v, as many numbers as Adam.
+
+A coordinate whose gradient has been exactly zero since the start keeps p = 0 and so d_t = 0:
+frozen rows stay frozen, as with SGD and Adam.
 """
 
 from __future__ import annotations
