@@ -19,7 +19,9 @@ import contextlib
 import json
 import os
 import re
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +164,29 @@ def resolve(
     raise WeightsNotFoundError(f"{name!r} is neither a directory, a pretrained name nor a Hub repo id ('owner/name')")
 
 
+HUB_CONNECT_TIMEOUT = 3.0  # seconds to open a connection to the Hub before treating it as offline
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_reachable(endpoint: str | None) -> bool:
+    """Whether a TCP connection to the Hub opens within ``HUB_CONNECT_TIMEOUT``.
+
+    Unreachable, huggingface_hub retries with backoff for half a minute before it falls back to the
+    cache. Behind a proxy (``*_PROXY`` set) a direct connection says nothing, so assume reachable.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in _PROXY_VARIABLES):
+        return True  # offline mode is handled by huggingface_hub itself, without retries
+    url = urllib.parse.urlsplit(endpoint or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
 def _download(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -174,6 +199,8 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: Any, local_files
 
     endpoint = os.environ.get("HF_ENDPOINT")
     where = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    if not local_files_only and not _hub_reachable(endpoint):
+        local_files_only = True  # the cache, or the clear error below, in seconds instead of retries
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
