@@ -49,6 +49,16 @@ class WeightsNotFoundError(WeightsError):
     """No weights under that name, path or Hub repo (or the Hub is unreachable and nothing is cached)."""
 
 
+# Names once shipped, and why they are not any more (so an old script gets a reason, not a list).
+WITHDRAWN = {
+    "lstm-mnist": (
+        "withdrawn in 0.2.0: it amplifies rounding (a 1e-6 relative change of the gradients moves the "
+        "parameters by 2e-3 in 20 steps), so runs under DDP and in one process disagree; its recipe is "
+        "configs/experiments/lstm-mnist.json in the source repository"
+    ),
+}
+
+
 @dataclass
 class Pretrained:
     """Weights read from a directory, with everything its ``config.json`` says about them."""
@@ -154,6 +164,8 @@ def resolve(
         for folder in weights_dirs():
             if (folder / name / CONFIG_NAME).is_file():
                 return folder / name
+        if name in WITHDRAWN:
+            raise WeightsNotFoundError(f"pretrained weights {name!r} were {WITHDRAWN[name]}")
         available = [entry["name"] for entry in list_pretrained()]
         raise WeightsNotFoundError(
             f"no pretrained weights named {name!r}; available: {available}. "

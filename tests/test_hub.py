@@ -262,7 +262,7 @@ def test_runtime_import_stays_light():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("name", ["lstm-mnist", "rnnprop-mnist", "hamiltonian-mnist"])
+@pytest.mark.parametrize("name", ["rnnprop-mnist", "hamiltonian-mnist"])
 def test_shipped_weights_load_by_name_with_recipe_and_metrics(name):
     assert name in {entry["name"] for entry in lo.list_pretrained()}
     pretrained = lo.from_pretrained(name)
@@ -273,3 +273,8 @@ def test_shipped_weights_load_by_name_with_recipe_and_metrics(name):
     model(torch.randn(4, 3)).sum().backward()
     optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_withdrawn_weights_say_why():
+    with pytest.raises(lo.WeightsNotFoundError, match=r"'lstm-mnist' were withdrawn in 0\.2\.0: it amplifies rounding"):
+        lo.load("lstm-mnist", [torch.nn.Parameter(torch.zeros(2))])
