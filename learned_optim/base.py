@@ -1,6 +1,6 @@
 """``LearnedOptimizer``: the ``torch.optim.Optimizer`` that every learned optimizer subclasses.
 
-A subclass provides only its math, as pure functions (see ``DESIGN.md``)::
+A subclass provides only its math, as pure functions (see ``docs/architecture.md``)::
 
     init_theta(config, generator) -> theta                     the learned network's weights
     init_state(param, config)     -> state                     per-parameter tensors

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="split each inner step's coordinates over N threads of one core each: same math, first order "
-        "only; faster or not depending on the CPU (README, 'Cost per step')",
+        "only; faster or not depending on the CPU (docs/performance.md)",
     )
     meta.add_argument("--no-progress", action="store_true", help="no progress bar")
     meta.add_argument(

@@ -1,4 +1,4 @@
-"""The torch.optim contract, for every learned optimizer (see DESIGN.md, 'Contracts')."""
+"""The torch.optim contract, for every learned optimizer (see docs/architecture.md)."""
 
 import copy
 import dataclasses
