@@ -1,6 +1,6 @@
 """The learned-optimizer evaluation protocol: learned optimizers against tuned baselines.
 
-    python -m benchmarks.l2o_eval --weights lstm-mnist rnnprop-mnist --task mnist-mlp --steps 2000
+    python -m benchmarks.l2o_eval --weights rnnprop-mnist hamiltonian-mnist --task mnist-mlp --steps 2000
 
 The protocol is ``PROTOCOL`` below (recorded in the results file).
 

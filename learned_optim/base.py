@@ -1,6 +1,6 @@
 """``LearnedOptimizer``: the ``torch.optim.Optimizer`` that every learned optimizer subclasses.
 
-A subclass provides only its math, as pure functions (see ``DESIGN.md``)::
+A subclass provides only its math, as pure functions (see ``docs/architecture.md``)::
 
     init_theta(config, generator) -> theta                     the learned network's weights
     init_state(param, config)     -> state                     per-parameter tensors
@@ -36,6 +36,7 @@ Policies shared by all learned optimizers:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -83,23 +84,33 @@ def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(param_dtype, torch.float32)
 
 
-def config_from_dict(config_class: type, values: Mapping[str, Any], source: str) -> Any:
-    """Build a config dataclass from a mapping, naming ``source`` and the valid keys on error."""
+def config_from_dict(
+    config_class: type, values: Mapping[str, Any], source: str, *, keyword_arguments: bool = False
+) -> Any:
+    """Build a config dataclass from a mapping, naming ``source`` and the valid keys on error.
+
+    A key or type that does not fit raises :class:`WeightsError`; for ``keyword_arguments`` (a
+    constructor's keywords) it raises ``TypeError`` as Python does for a bad keyword, and a value the
+    config refuses raises its ``ValueError`` unchanged, in ``torch.optim``'s wording.
+    """
+    wrong = TypeError if keyword_arguments else WeightsError
     fields = {field.name: field for field in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise WeightsError(f"{source}: unknown {config_class.__name__} keys {unknown}; valid keys: {sorted(fields)}")
+        raise wrong(f"{source}: unknown {config_class.__name__} keys {unknown}; valid keys: {sorted(fields)}")
     cleaned = {}
     for name, value in values.items():
         expected = type(getattr(config_class(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not expected:
-            raise WeightsError(f"{source}: {config_class.__name__}.{name} must be {expected.__name__}, got {value!r}")
+            raise wrong(f"{source}: {config_class.__name__}.{name} must be {expected.__name__}, got {value!r}")
         cleaned[name] = value
     try:
         return config_class(**cleaned)
     except ValueError as error:  # a config's own validation, e.g. a malformed symbolic rule
+        if keyword_arguments:
+            raise
         raise WeightsError(f"{source}: {error}") from None
 
 
@@ -143,6 +154,26 @@ def _local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
+def _constructor_signature(cls: type[LearnedOptimizer]) -> inspect.Signature:
+    """The class's ``__init__`` signature with ``**config_overrides`` spelled out as the Config's
+    fields, so ``help()``, ``inspect.signature`` and tools list every option a user can pass."""
+    signature = inspect.signature(cls.__init__)
+    named = [p for p in list(signature.parameters.values())[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in named}
+    defaults = cls.Config()
+    overrides = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=getattr(defaults, field.name),
+            annotation=field.type,
+        )
+        for field in dataclasses.fields(cls.Config)
+        if field.name not in taken
+    ]
+    return signature.replace(parameters=[*named, *overrides])
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """Base class of the learned optimizers; see the module docstring for the shared policies.
 
@@ -170,6 +201,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
     init_state: ClassVar[Callable[..., dict[str, Tensor]]]
     update: ClassVar[Callable[..., tuple[Tensor, dict[str, Tensor]]]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            cls.__signature__ = _constructor_signature(cls)
+
     @classmethod
     def default_chunk_size(cls, config: Any, fused: bool) -> int:
         """The chunk size when none is given: the class's ``chunk_sizes`` (eager, fused)."""
@@ -189,6 +225,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         fused: bool = False,
         **config_overrides: Any,
     ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not weight_decay >= 0.0:
@@ -201,10 +239,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise TypeError(f"config must be a {self.Config.__name__} or a dict, got {type(config).__name__}")
         if config_overrides:
             merged = {**dataclasses.asdict(config), **config_overrides}
-            try:
-                config = config_from_dict(self.Config, merged, type(self).__name__)
-            except WeightsError as error:
-                raise TypeError(str(error)) from None
+            config = config_from_dict(self.Config, merged, type(self).__name__, keyword_arguments=True)
         if chunk_size is None:
             chunk_size = self.default_chunk_size(config, fused)
         if chunk_size < 1:
@@ -324,6 +359,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _update_parameter(self, p: Tensor, grad: Tensor, state: dict[str, Tensor], group: dict[str, Any]) -> None:
         lr, weight_decay = group["lr"], group["weight_decay"]
+        if isinstance(lr, Tensor):  # any one-element shape, as torch.optim accepts: broadcast as a scalar
+            lr = lr.reshape(())
         if group["maximize"]:
             grad = -grad
         if weight_decay != 0:
@@ -442,7 +479,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p = params[index]
             dtype = compute_dtype_for(p.dtype)
             for key, value in saved.items():
-                if key != "step" and isinstance(value, Tensor) and value.is_floating_point():
+                if key == "step":
+                    # Older checkpoints and other tools store the count as a number; torch's own
+                    # optimizers turn it back into a (CPU, float32) tensor, as we keep it.
+                    self.state[p][key] = torch.as_tensor(value, dtype=torch.float32, device="cpu").clone().reshape(())
+                elif isinstance(value, Tensor) and value.is_floating_point():
                     self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
 
     # -- weights I/O (implemented in learned_optim.hub) -----------------------------------------

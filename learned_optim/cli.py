@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(handler=_download)
 
     meta = commands.add_parser("meta-train", help="meta-train a learned optimizer from a JSON config")
-    meta.add_argument("config", help="recipe file, e.g. configs/lstm-mnist.json")
+    meta.add_argument("config", help="recipe file, e.g. configs/rnnprop-mnist.json")
     meta.add_argument("--run-dir", help="checkpoint, metrics and plot folder (default: runs/<config name>)")
     meta.add_argument("--out", help="weights directory to write (default: <run-dir>/weights)")
     meta.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="split each inner step's coordinates over N threads of one core each: same math, first order "
-        "only; faster or not depending on the CPU (README, 'Cost per step')",
+        "only; faster or not depending on the CPU (docs/performance.md)",
     )
     meta.add_argument("--no-progress", action="store_true", help="no progress bar")
     meta.add_argument(

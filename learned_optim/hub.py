@@ -19,8 +19,10 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,16 @@ RECOMMENDATIONS = ("recommended", "not recommended", "study object")
 
 class WeightsNotFoundError(WeightsError):
     """No weights under that name, path or Hub repo (or the Hub is unreachable and nothing is cached)."""
+
+
+# Names once shipped, and why they are not any more (so an old script gets a reason, not a list).
+WITHDRAWN = {
+    "lstm-mnist": (
+        "withdrawn in 0.2.0: it amplifies rounding (a 1e-6 relative change of the gradients moves the "
+        "parameters by 2e-3 in 20 steps), so runs under DDP and in one process disagree; its recipe is "
+        "configs/experiments/lstm-mnist.json in the source repository"
+    ),
+}
 
 
 @dataclass
@@ -161,6 +173,8 @@ def resolve(
         for folder in weights_dirs():
             if (folder / name / CONFIG_NAME).is_file():
                 return folder / name
+        if name in WITHDRAWN:
+            raise WeightsNotFoundError(f"pretrained weights {name!r} were {WITHDRAWN[name]}")
         available = [entry["name"] for entry in list_pretrained()]
         raise WeightsNotFoundError(
             f"no pretrained weights named {name!r}; available: {available}. "
@@ -169,6 +183,29 @@ def resolve(
     if _REPO_ID.match(name):
         return _download(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     raise WeightsNotFoundError(f"{name!r} is neither a directory, a pretrained name nor a Hub repo id ('owner/name')")
+
+
+HUB_CONNECT_TIMEOUT = 3.0  # seconds to open a connection to the Hub before treating it as offline
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_reachable(endpoint: str | None) -> bool:
+    """Whether a TCP connection to the Hub opens within ``HUB_CONNECT_TIMEOUT``.
+
+    Unreachable, huggingface_hub retries with backoff for half a minute before it falls back to the
+    cache. Behind a proxy (``*_PROXY`` set) a direct connection says nothing, so assume reachable.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in _PROXY_VARIABLES):
+        return True  # offline mode is handled by huggingface_hub itself, without retries
+    url = urllib.parse.urlsplit(endpoint or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT):
+            return True
+    except OSError:
+        return False
 
 
 def _download(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
@@ -183,6 +220,8 @@ def _download(repo_id: str, *, revision: str | None, cache_dir: Any, local_files
 
     endpoint = os.environ.get("HF_ENDPOINT")
     where = f"Hub repo {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    if not local_files_only and not _hub_reachable(endpoint):
+        local_files_only = True  # the cache, or the clear error below, in seconds instead of retries
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:

@@ -129,27 +129,28 @@ def test_close_stops_and_joins_the_workers():
 
 
 @pytest.mark.slow
-def test_compiled_split_unrolls_never_fall_back_to_eager(caplog, monkeypatch):
+def test_compiled_split_unrolls_never_fall_back_to_eager(caplog):
     """Dynamo keeps a compiled update's variants once per slice thread; the split unroll makes room."""
     import torch._dynamo
 
     from learned_optim.meta.unroll import compiled
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # far fewer than the variants below
-    architecture = compiled(lo.LSTMOptimizer)
-    config = architecture.Config()
-    theta = {k: v.requires_grad_() for k, v in architecture.init_theta(config, None).items()}
     task = get_task("quadratic")
     threads = CoordinateThreads(2)
     dynamo_log = logging.getLogger("torch._dynamo")  # torch's loggers do not propagate to caplog's handler
     dynamo_log.addHandler(caplog.handler)
+    # dynamo's own patching restores its config on exit (pytest's monkeypatch deleted the entry on undo).
     try:
-        for weights in (theta, {k: v.detach() for k, v in theta.items()}):  # training, then validation
-            inner = start(architecture, config, task, torch.Generator().manual_seed(0))
-            record = split_unroll(architecture, weights, config, task, inner, torch.Generator(), 3, threads)
-            if weights is theta:
-                record.meta_gradient(theta, "mean", threads)
+        with torch._dynamo.config.patch(recompile_limit=2):  # far fewer than the variants below
+            architecture = compiled(lo.LSTMOptimizer)
+            config = architecture.Config()
+            theta = {k: v.requires_grad_() for k, v in architecture.init_theta(config, None).items()}
+            for weights in (theta, {k: v.detach() for k, v in theta.items()}):  # training, then validation
+                inner = start(architecture, config, task, torch.Generator().manual_seed(0))
+                record = split_unroll(architecture, weights, config, task, inner, torch.Generator(), 3, threads)
+                if weights is theta:
+                    record.meta_gradient(theta, "mean", threads)
     finally:
         dynamo_log.removeHandler(caplog.handler)
         threads.close()

@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 import learned_optim as lo
-from learned_optim.diagnostics import SymmetryMonitor, conserved, find_symmetries, relative_deviations, symmetry_penalty
+from learned_optim.diagnostics import (
+    ROUNDING_SENSITIVITY_LIMIT,
+    SymmetryMonitor,
+    conserved,
+    find_symmetries,
+    relative_deviations,
+    rounding_sensitivity,
+    symmetry_penalty,
+)
 from learned_optim.meta.tasks.images import cnn_bn, mlp
 
 
@@ -131,3 +139,16 @@ def test_symmetry_penalty_is_zero_for_gradients_and_positive_for_adam_like_updat
     assert symmetry_penalty(structures, params, grads) < 1e-20
     signs = {k: v.sign() for k, v in grads.items()}  # sign descent: Adam's first step
     assert symmetry_penalty(structures, params, signs) > 1e-3
+
+
+@pytest.mark.parametrize("name", [entry["name"] for entry in lo.list_pretrained()])
+def test_shipped_optimizers_do_not_amplify_rounding(name):
+    """Scaling every gradient by 1 + 1e-6 must not change 20 steps' result by more than the limit
+    (a chaotic optimizer gives different results under DDP and in one process)."""
+    assert rounding_sensitivity(lambda params: lo.load(name, params)) < ROUNDING_SENSITIVITY_LIMIT
+
+
+def test_the_rounding_probe_tells_a_chaotic_optimizer_from_a_smooth_one():
+    smooth = rounding_sensitivity(lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    chaotic = rounding_sensitivity(lambda params: torch.optim.SGD(params, lr=10.0))  # unstable: it diverges
+    assert smooth < 1e-5 < ROUNDING_SENSITIVITY_LIMIT < chaotic

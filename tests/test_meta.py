@@ -379,3 +379,25 @@ def test_a_dataset_that_is_missing_and_cannot_be_downloaded_is_a_clear_error(tmp
     expected = f"FashionMNIST is not in {re.escape(str(tmp_path))} .*LEARNED_OPTIM_DATA"
     with pytest.raises(DatasetUnavailableError, match=expected):
         load_images("FashionMNIST", train=True, root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"unroll": 0}, "Invalid unroll value: 0"),
+        ({"horizons": [30], "unroll": 20}, "multiple of unroll=20"),
+        ({"horizons": []}, "Invalid horizons"),
+        ({"meta_lr": -1e-3}, "Invalid meta_lr value"),
+        ({"grad_clip": 0.0}, "Invalid grad_clip value"),
+        ({"trajectories_per_epoch": 0}, "Invalid trajectories_per_epoch value"),
+        ({"task": "mnist-mpl"}, "Invalid task: 'mnist-mpl'"),
+        ({"architecture": "lsmt"}, "unknown architecture 'lsmt'"),
+        ({"weighting": "max"}, "Invalid weighting"),
+        ({"imitation_epochs": 2, "imitation_teacher": ""}, "needs imitation_teacher"),
+    ],
+)
+def test_meta_train_config_validates_in_its_constructor(values, message):
+    with pytest.raises(ValueError, match=message):
+        MetaTrainConfig(**values)
+    with pytest.raises(ValueError, match=f"recipe.json: .*{message}"):
+        MetaTrainConfig.from_dict(values, "recipe.json")

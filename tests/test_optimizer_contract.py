@@ -1,8 +1,11 @@
-"""The torch.optim contract, for every learned optimizer (see DESIGN.md, 'Contracts')."""
+"""The torch.optim contract, for every learned optimizer (see docs/architecture.md)."""
 
 import copy
 import dataclasses
+import inspect
+import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -70,11 +73,17 @@ def test_lr_multiplies_the_learned_step(optimizer_class):
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_a_tensor_lr_is_the_float_lr(optimizer_class, fused):
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1)], ids=["0-dim", "1", "1x1"])
+def test_a_one_element_tensor_lr_of_any_shape_is_the_float_lr(optimizer_class, fused, shape):
     as_float, _ = _one_step_delta(optimizer_class, lr=0.25, weight_decay=0.1, fused=fused)
-    as_tensor, _ = _one_step_delta(optimizer_class, lr=torch.tensor(0.25), weight_decay=0.1, fused=fused)
+    as_tensor, _ = _one_step_delta(optimizer_class, lr=torch.full(shape, 0.25), weight_decay=0.1, fused=fused)
     for a, b in zip(as_float, as_tensor, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-8)
+
+
+def test_a_tensor_lr_of_several_elements_is_refused(optimizer_class):
+    with pytest.raises(ValueError, match="1-element"):
+        optimizer_class([torch.nn.Parameter(torch.zeros(2))], lr=torch.tensor([0.1, 0.2]))
 
 
 def test_decoupled_weight_decay(optimizer_class):
@@ -361,3 +370,114 @@ def test_config_overrides_change_the_network(optimizer_class):
 def test_repr_shows_groups_and_config(optimizer_class):
     text = repr(optimizer_class([torch.nn.Parameter(torch.zeros(2))], lr=0.5))
     assert "lr: 0.5" in text and repr(optimizer_class.Config()) in text
+
+
+def test_a_number_step_in_a_loaded_state_dict_resumes_as_a_tensor_step(optimizer_class):
+    """Older checkpoints and other tools store ``step`` as a number; it resumes the same trajectory."""
+    model = small_model()
+    optimizer = optimizer_class(model.parameters(), lr=0.3)
+    train(model, optimizer, 3)
+    checkpoint = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    train(model, optimizer, 2, first_seed=3)
+    expected = parameters_of(model)
+
+    for state in checkpoint["optimizer"]["state"].values():
+        state["step"] = state["step"].item()
+    resumed_model = small_model()
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed = optimizer_class(resumed_model.parameters(), lr=0.3)
+    resumed.load_state_dict(checkpoint["optimizer"])
+    assert all(isinstance(state["step"], torch.Tensor) for state in resumed.state.values())
+    train(resumed_model, resumed, 2, first_seed=3)
+    assert all_equal(expected, parameters_of(resumed_model))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_zero_gradients_since_the_start_never_move_a_coordinate(optimizer_class, fused):
+    """Rows frozen by zeroing their gradients stay frozen (torch's ``test_step_is_noop_for_zero_grads``);
+    the other rows train, and a coordinate that has seen a gradient keeps its own dynamics."""
+    model = small_model()
+    frozen_rows = slice(0, 3)
+    model[0].weight.register_hook(lambda grad: grad.index_fill(0, torch.arange(3), 0.0))
+    model[0].bias.register_hook(lambda grad: grad.index_fill(0, torch.arange(3), 0.0))
+    optimizer = optimizer_class(model.parameters(), fused=fused)
+    before = parameters_of(model)
+    train(model, optimizer, 4)
+    after = parameters_of(model)
+    for index in (0, 1):  # first layer's weight and bias
+        assert torch.equal(after[index][frozen_rows], before[index][frozen_rows])
+        assert not torch.equal(after[index][3:], before[index][3:])
+
+    all_zero = small_model()
+    optimizer = optimizer_class(all_zero.parameters(), fused=fused)
+    before = parameters_of(all_zero)
+    for _ in range(3):
+        for p in all_zero.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    assert all_equal(before, parameters_of(all_zero))
+
+
+@pytest.mark.parametrize("name", [entry["name"] for entry in lo.list_pretrained()])
+def test_shipped_weights_never_move_a_coordinate_on_zero_gradients(name):
+    model = small_model()
+    optimizer = lo.load(name, model.parameters())
+    before = parameters_of(model)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    assert all_equal(before, parameters_of(model))
+
+
+def test_every_option_is_named_in_the_signature(optimizer_class):
+    parameters = inspect.signature(optimizer_class).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = {"lr", "weight_decay", "maximize", "config", "theta", "seed", "chunk_size", "fused"}
+    fields = {field.name for field in dataclasses.fields(optimizer_class.Config)}
+    assert options | fields <= set(parameters)
+    assert "Tensor" in str(parameters["lr"].annotation)
+    # Every named config field is accepted as a keyword (as the signature promises).
+    defaults = optimizer_class.Config()
+    for name in fields:
+        optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(2))], **{name: getattr(defaults, name)})
+        assert getattr(optimizer.config, name) == getattr(defaults, name)
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "option", "message"),
+    [
+        (lo.RNNprop, {"beta1": 1.0}, "Invalid beta parameter at index 0: 1.0"),
+        (lo.RNNprop, {"beta2": -0.1}, "Invalid beta parameter at index 1: -0.1"),
+        (lo.RNNprop, {"num_layers": 0}, "Invalid num_layers value: 0"),
+        (lo.RNNprop, {"hidden_size": 0}, "Invalid hidden_size value: 0"),
+        (lo.RNNprop, {"eps": -1.0}, "Invalid epsilon value: -1.0"),
+        (lo.LSTMOptimizer, {"hidden_size": 0}, "Invalid hidden_size value: 0"),
+        (lo.LSTMOptimizer, {"preprocess_p": 0.0}, "Invalid preprocess_p value: 0.0"),
+        (lo.Hamiltonian, {"beta": 1.0}, "Invalid beta parameter at index 0: 1.0"),
+        (lo.Hamiltonian, {"kinetic_terms": -1}, "Invalid kinetic_terms value: -1"),
+        (lo.Symbolic, {"beta2": 1.5}, "Invalid beta parameter at index 1: 1.5"),
+        (lo.Symbolic, {"eps": 0.0}, "Invalid epsilon value: 0.0"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, dict) else None,
+)
+def test_invalid_config_values_are_refused_in_torch_wording(optimizer_class, option, message):
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        optimizer_class(params, **option)
+    name, value = next(iter(option.items()))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataclasses.replace(optimizer_class.Config(), **{name: value})
+
+
+def test_every_numeric_config_field_refuses_nan(optimizer_class):
+    """Each architecture validates all its numbers, not only those listed above."""
+    defaults = optimizer_class.Config()
+    for field in dataclasses.fields(defaults):
+        value = getattr(defaults, field.name)
+        if type(value) is float:
+            with pytest.raises(ValueError, match="Invalid"):
+                dataclasses.replace(defaults, **{field.name: math.nan})
+        elif type(value) is int:
+            with pytest.raises(ValueError, match="Invalid"):
+                dataclasses.replace(defaults, **{field.name: -1})

@@ -80,3 +80,15 @@ def test_every_registered_architecture_is_public_with_its_config():
         assert cls.architecture == name
         for public in (cls, cls.Config):
             assert getattr(lo, public.__name__) is public and public.__name__ in lo.__all__
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_virtual_environment():
+    ci = (REPO / ".ci" / "run").read_text()
+    command = next(line for line in ci.splitlines() if line.startswith("README_TEST_COMMAND="))
+    command = command.partition("=")[2].strip("'")
+    assert command in (REPO / "README.md").read_text()
+    assert "-m venv" in ci and 'eval "$README_TEST_COMMAND"' in ci
+
+
+def test_readme_says_how_to_keep_a_cpu_only_torch():
+    assert "download.pytorch.org/whl/cpu" in (REPO / "README.md").read_text()

@@ -1,6 +1,7 @@
-"""Symmetry diagnostics: Neural-Mechanics conservation laws for any optimizer."""
+"""Diagnostics for any optimizer: Neural-Mechanics conservation laws, and how much it amplifies rounding."""
 
 from learned_optim.diagnostics.monitor import SymmetryMonitor
+from learned_optim.diagnostics.rounding import ROUNDING_SENSITIVITY_LIMIT, rounding_sensitivity
 from learned_optim.diagnostics.symmetry import (
     Structure,
     conserved,
@@ -12,12 +13,14 @@ from learned_optim.diagnostics.symmetry import (
 )
 
 __all__ = [
+    "ROUNDING_SENSITIVITY_LIMIT",
     "Structure",
     "SymmetryMonitor",
     "conserved",
     "deviations",
     "find_symmetries",
     "relative_deviations",
+    "rounding_sensitivity",
     "symmetry_penalty",
     "theory_sgd_weight_decay",
 ]

@@ -2,5 +2,6 @@
 
 from learned_optim.features.moments import adam_normalized, bias_correction, ema
 from learned_optim.features.preprocess import log_sign
+from learned_optim.features.untouched import untouched
 
-__all__ = ["adam_normalized", "bias_correction", "ema", "log_sign"]
+__all__ = ["adam_normalized", "bias_correction", "ema", "log_sign", "untouched"]

@@ -15,7 +15,7 @@ Why: the network's thin matrix products and elementwise passes are memory-bound,
 CPUs they scale badly over cores (on the 2-core development machine two threads at times run them
 slower than one). Slices on single-threaded cores keep both cores busy on their own memory. Whether
 that is faster depends on the machine: the development machine runs it faster in its slow state
-and slower in its fast one (README, "Cost per step"); time both with ``tools.meta_speed``.
+and slower in its fast one (docs/performance.md); time both with ``tools.meta_speed``.
 
 Same math as :func:`learned_optim.meta.unroll.unroll` followed by a backward pass (the same
 batches, in the same order): losses, states and meta-gradients differ in float rounding only

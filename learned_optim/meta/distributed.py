@@ -1,6 +1,6 @@
 """Multi-process meta-training on ``torch.distributed``: each rank unrolls its own task instances.
 
-    torchrun --nproc_per_node 2 -m learned_optim meta-train configs/lstm-mnist.json --distributed
+    torchrun --nproc_per_node 2 -m learned_optim meta-train configs/rnnprop-mnist.json --distributed
 
 Every rank holds the same φ and the same shared random generator. For each meta-step the ranks
 draw ``world_size`` seeds from the shared generator and rank r trains the task instance of seed r;

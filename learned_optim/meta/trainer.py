@@ -42,12 +42,13 @@ from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
 from learned_optim.meta import distributed, imitation
 from learned_optim.meta.coordinate_split import CoordinateThreads, split_unroll
-from learned_optim.meta.tasks import get_task
+from learned_optim.meta.tasks import TASKS, get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
 from learned_optim.meta.unroll import InnerState, compiled, meta_loss, start, unroll
 from learned_optim.optimizers import get_architecture
 from learned_optim.provenance import git_commit
+from learned_optim.validation import check_non_negative, check_positive
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -83,22 +84,37 @@ class MetaTrainConfig:
     seed: int = 0
     description: str = ""
 
+    def __post_init__(self) -> None:
+        get_architecture(self.architecture, "MetaTrainConfig.architecture")
+        if self.task not in TASKS:
+            raise ValueError(f"Invalid task: {self.task!r}; choose from {sorted(TASKS)}")
+        for name in ("unroll", "trajectories_per_epoch", "validation_trajectories", "patience"):
+            check_positive(name, getattr(self, name))
+        for name in ("meta_epochs", "imitation_epochs", "validation_horizon", "rescale", "symmetry_weight"):
+            check_non_negative(name, getattr(self, name))
+        check_positive("meta_lr", self.meta_lr)
+        check_positive("grad_clip", self.grad_clip)
+        check_positive("imitation_lr", self.imitation_lr)
+        check_non_negative("inner_lr", self.inner_lr)
+        if not self.horizons or any(not h > 0 or h % self.unroll for h in self.horizons):
+            raise ValueError(f"Invalid horizons: {self.horizons}; each must be a multiple of unroll={self.unroll}")
+        if self.imitation_epochs and self.imitation_teacher not in TEACHERS:
+            raise ValueError(f"imitation_epochs needs imitation_teacher, one of {TEACHERS}")
+        if self.symmetry_weight and self.rescale:
+            raise ValueError("symmetry_weight and rescale cannot be combined")
+        if self.weighting not in ("sum", "mean", "log_sum"):
+            raise ValueError(f"Invalid weighting: {self.weighting!r}; choose from sum, mean, log_sum")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "meta-training config") -> MetaTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown keys {unknown}; valid keys: {sorted(known)}")
-        config = cls(**values)
-        if any(h % config.unroll for h in config.horizons):
-            raise ValueError(f"{source}: every horizon must be a multiple of unroll={config.unroll}")
-        if config.imitation_epochs and config.imitation_teacher not in TEACHERS:
-            raise ValueError(f"{source}: imitation_epochs needs imitation_teacher, one of {TEACHERS}")
-        if config.symmetry_weight and config.rescale:
-            raise ValueError(f"{source}: symmetry_weight and rescale cannot be combined")
-        if config.weighting not in ("sum", "mean", "log_sum"):
-            raise ValueError(f"{source}: weighting must be sum, mean or log_sum")
-        return config
+        try:
+            return cls(**values)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> MetaTrainConfig:

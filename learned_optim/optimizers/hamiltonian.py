@@ -32,6 +32,9 @@ so a large R cannot flip the momentum)::
 
 With K = p²/2, constant R and b (``normalize=False``) this is heavy-ball momentum: momentum
 μ = e^{−R} and learning rate lr · b². State per coordinate: p and v, as many numbers as Adam.
+
+A coordinate whose gradient has been exactly zero since the start keeps p = 0 and so d_t = 0:
+frozen rows stay frozen, as with SGD and Adam.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from torch.nn import functional
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.features import bias_correction, ema
 from learned_optim.nets import init_linear, linear
+from learned_optim.validation import check_beta, check_epsilon, check_non_negative, check_positive
 
 MOMENTUM_FEATURES = {"tanh": torch.tanh, "softsign": functional.softsign}
 
@@ -65,8 +69,11 @@ class HamiltonianConfig:
     def __post_init__(self) -> None:
         if self.momentum_feature not in MOMENTUM_FEATURES:
             raise ValueError(f"momentum_feature must be one of {sorted(MOMENTUM_FEATURES)}: {self.momentum_feature!r}")
-        if min(self.hidden_size, self.kinetic_terms) < 0:
-            raise ValueError(f"hidden_size, kinetic_terms must be >= 0: {self.hidden_size}, {self.kinetic_terms}")
+        check_non_negative("hidden_size", self.hidden_size)
+        check_non_negative("kinetic_terms", self.kinetic_terms)
+        check_beta(0, self.beta)
+        check_epsilon(self.eps)
+        check_positive("step_scale", self.step_scale)
 
 
 def _inverse_softplus(value: float) -> float:

@@ -9,6 +9,9 @@ keeps its own hidden state. For a coordinate with gradient g_t::
     d_t           = output_scale · (W y_t + b)           output_scale = 0.1
     θ_{t+1}       = θ_t − lr · d_t                       lr = 1 is the step it was trained with
 
+A coordinate whose gradient has been exactly zero since the start keeps d_t = 0 and its zero state
+(``learned_optim.features.untouched``): frozen rows stay frozen, as with SGD and Adam.
+
 The paper writes θ_{t+1} = θ_t + g_t with g_t the network output; we use the torch.optim sign
 convention (subtract a direction) so that ``lr`` scales the learned step like any other optimizer.
 
@@ -23,8 +26,9 @@ import torch
 from torch import Tensor
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
-from learned_optim.features import log_sign
+from learned_optim.features import log_sign, untouched
 from learned_optim.nets import init_linear, init_lstm, linear, lstm, pack_lstm_state, unpack_lstm_state, zero_lstm_state
+from learned_optim.validation import check_positive
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class LSTMConfig:
     num_layers: int = 2
     preprocess_p: float = 10.0
     output_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "preprocess_p", "output_scale"):
+            check_positive(name, getattr(self, name))
 
 
 def init_theta(config: LSTMConfig, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -60,12 +68,17 @@ def update(
     """
     del step
     numel, hidden_size = grad.numel(), config.hidden_size
-    x = log_sign(grad.reshape(numel).to(theta["output.weight"].dtype), config.preprocess_p)
+    g = grad.reshape(numel).to(theta["output.weight"].dtype)
     hidden = unpack_lstm_state(state, hidden_size, config.num_layers, numel)
-    top, hidden = lstm(theta, "lstm", x, hidden)
-    direction = linear(theta, "output", top) * config.output_scale
-    new_state = pack_lstm_state(hidden, state)
-    return direction.reshape(grad.shape), new_state
+    # Zero gradients since the start: no move, and the LSTM's state stays at its zero start.
+    still = untouched(g, (tensor for pair in hidden for tensor in pair))
+    top, new_hidden = lstm(theta, "lstm", log_sign(g, config.preprocess_p), hidden)
+    direction = torch.where(still, 0.0, linear(theta, "output", top)[0] * config.output_scale)
+    new_hidden = [
+        (torch.where(still, h, new_h), torch.where(still, c, new_c))
+        for (h, c), (new_h, new_c) in zip(hidden, new_hidden, strict=True)
+    ]
+    return direction.reshape(grad.shape), pack_lstm_state(new_hidden, state)
 
 
 class LSTMOptimizer(LearnedOptimizer):

@@ -11,7 +11,9 @@ the gradient, and its output is bounded by a tanh. For a coordinate with gradien
     d_t = step_scale · tanh(W y_t + b)                                      step_scale = 0.1
     θ_{t+1} = θ_t − lr · d_t
 
-Every step is bounded by ``lr · step_scale`` per coordinate. State per coordinate: m, v and the
+A coordinate whose gradient has been exactly zero since the start (v_t = 0) has d_t = 0
+(``learned_optim.features.untouched``): frozen rows stay frozen, as with SGD and Adam. Every step is
+bounded by ``lr · step_scale`` per coordinate. State per coordinate: m, v and the
 LSTM's h and c per layer (2 + 2 · num_layers · hidden_size = 82 numbers by default).
 """
 
@@ -24,7 +26,7 @@ from torch import Tensor
 from torch.nn import functional
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
-from learned_optim.features import adam_normalized, ema
+from learned_optim.features import adam_normalized, ema, untouched
 from learned_optim.nets import (
     init_linear,
     init_lstm,
@@ -35,6 +37,7 @@ from learned_optim.nets import (
     unpack_lstm_state,
     zero_lstm_state,
 )
+from learned_optim.validation import check_beta, check_epsilon, check_positive
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class RNNpropConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     step_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "step_scale"):
+            check_positive(name, getattr(self, name))
+        check_beta(0, self.beta1)
+        check_beta(1, self.beta2)
+        check_epsilon(self.eps)
 
 
 def init_theta(config: RNNpropConfig, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -81,6 +91,8 @@ def update(
     hidden = unpack_lstm_state(state, hidden_size, config.num_layers, numel)
     top, hidden = lstm(theta, "lstm", x, hidden)
     direction = tanh(linear(theta, "output", top)) * config.step_scale
+    # Zero gradients since the start (v still 0): no move, though the network's output is not 0.
+    direction = torch.where(untouched(g, (state["exp_avg_sq"].reshape(numel),)), 0.0, direction[0])
     new_state = {
         "exp_avg": exp_avg.reshape(grad.shape),
         "exp_avg_sq": exp_avg_sq.reshape(grad.shape),

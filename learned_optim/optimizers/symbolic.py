@@ -14,6 +14,10 @@ inputs, for a coordinate with gradient g_t at step t (β1, β2, ε from the conf
     inv_step     1/t, the same for every coordinate: lets a rule change over the first steps, as a
                  recurrent teacher does while its hidden state fills, and fade to a fixed rule
 
+A coordinate whose gradient has been exactly zero since the start (every accumulator still 0) has
+d_t = 0 whatever the rule's constant terms (``learned_optim.features.untouched``): frozen rows stay
+frozen, as with SGD and Adam.
+
 Only the accumulators the rule reads are kept: a rule of m̃ alone keeps m and v, the same two
 numbers per coordinate as Adam. Built-in rules (``BUILTIN_RULES``)::
 
@@ -40,7 +44,8 @@ from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for
 from learned_optim.expression import Rule, const, op, var
-from learned_optim.features import adam_normalized, bias_correction, ema
+from learned_optim.features import adam_normalized, bias_correction, ema, untouched
+from learned_optim.validation import check_beta, check_epsilon
 
 SymbolicState = dict[str, Tensor]
 MOMENTUM_DECAYS = (0.5, 0.9, 0.99)
@@ -128,6 +133,9 @@ class SymbolicConfig:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
+        check_beta(0, self.beta1)
+        check_beta(1, self.beta2)
+        check_epsilon(self.eps)
         # Validated once here; the update reads the parsed rule (not a dataclass field).
         object.__setattr__(self, "_parsed", Rule.from_json(self.rule, INPUTS, "SymbolicConfig.rule"))
 
@@ -170,8 +178,11 @@ def update(
     """Pure update at 1-based ``step``: returns the direction ``d_t`` and the new state."""
     g = grad.to(theta["constants"].dtype)
     inputs, new_state = advance(g, state, step, config, config.parsed.inputs)
-    direction = config.parsed.evaluate(inputs, theta["constants"])
-    return torch.broadcast_to(direction, grad.shape), new_state
+    direction = torch.broadcast_to(config.parsed.evaluate(inputs, theta["constants"]), grad.shape)
+    # A rule's constant term would move a coordinate that has only seen zero gradients; hold it.
+    # (Accumulators start at zero and stay zero on zero gradients, so they need no holding.)
+    still = untouched(g.reshape(-1), (accumulator.reshape(-1) for accumulator in state.values()))
+    return torch.where(still.reshape(grad.shape), 0.0, direction), new_state
 
 
 class Symbolic(LearnedOptimizer):
@@ -187,13 +198,20 @@ class Symbolic(LearnedOptimizer):
     def __init__(
         self,
         params: ParamsT,
-        lr: float = 1.0,
+        lr: float | Tensor = 1.0,
         *,
         rule: str | Mapping[str, Any] | None = None,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
         config: Any = None,
-        **kwargs: Any,
+        theta: Mapping[str, Tensor] | None = None,
+        seed: int = 0,
+        chunk_size: int | None = None,
+        fused: bool = False,
+        **config_overrides: Any,
     ) -> None:
-        """``rule``: a built-in rule's name (``BUILTIN_RULES``) or a JSON expression tree."""
+        """``rule``: a built-in rule's name (``BUILTIN_RULES``) or a JSON expression tree; the other
+        arguments as for :class:`~learned_optim.LearnedOptimizer`."""
         if rule is not None:
             if config is not None:
                 raise TypeError("give either rule or config, not both")
@@ -203,7 +221,18 @@ class Symbolic(LearnedOptimizer):
                 config = dict(BUILTIN_RULES[rule])
             else:
                 config = {**dataclasses.asdict(SymbolicConfig()), "rule": dict(rule)}
-        super().__init__(params, lr, config=config, **kwargs)
+        super().__init__(
+            params,
+            lr,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            config=config,
+            theta=theta,
+            seed=seed,
+            chunk_size=chunk_size,
+            fused=fused,
+            **config_overrides,
+        )
 
     def export_config(self) -> dict[str, Any]:
         """The config with the current (possibly meta-tuned) constants written into the rule."""
