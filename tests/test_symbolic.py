@@ -36,7 +36,10 @@ def test_published_rnnprop_rule_is_the_papers_formula():
     m, v = 0.05 * g, 0.05 * g * g  # one step of β1 = β2 = 0.95 averages
     m_tilde = (m / 0.05) / ((v / 0.05).sqrt() + 1e-8)
     paper = torch.tanh(torch.tanh(0.0248 + torch.sinh((-1.99234 * m_tilde) ** 3))) * 0.01  # added to θ
+    # ...except that a coordinate that has only seen zero gradients stays put (the frozen-row rule).
+    paper = torch.where(g == 0, 0.0, paper)
     torch.testing.assert_close(w.detach(), before + paper)
+    assert w[2] == 0.0
 
 
 def _run_rule(tree, grads, **config):
