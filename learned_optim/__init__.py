@@ -17,6 +17,8 @@ from learned_optim.hub import (
 )
 from learned_optim.optimizers import (
     ARCHITECTURES,
+    Celo2,
+    Celo2Config,
     Hamiltonian,
     HamiltonianConfig,
     LSTMConfig,
@@ -31,6 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
+    "Celo2",
+    "Celo2Config",
     "DatasetUnavailableError",
     "Hamiltonian",
     "HamiltonianConfig",
