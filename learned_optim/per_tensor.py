@@ -92,7 +92,9 @@ def step_tensor(optimizer: Any, p: Tensor, grad: Tensor, state: dict[str, Tensor
     if group.get("fused", False):
         direction, new_state = compiled_update(optimizer)(theta, grad, tensors, step, param, options)
     else:
-        direction, new_state = optimizer.update(theta, grad, tensors, step, optimizer.config, param=param, options=options)
+        direction, new_state = optimizer.update(
+            theta, grad, tensors, step, optimizer.config, param=param, options=options
+        )
     for key, value in new_state.items():
         tensors[key].copy_(value)
     lr = group["lr"]

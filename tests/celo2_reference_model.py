@@ -64,7 +64,9 @@ def reference_weights() -> dict[str, torch.Tensor]:
     """The network's tensors under the reference's names, (in, out) as Haiku stores them."""
     generator = torch.Generator().manual_seed(2026)
     total_in = sum(FEATURE_DIMS)
-    weights = {f"w0.{i}": torch.randn(dim, 8, generator=generator) / total_in**0.5 for i, dim in enumerate(FEATURE_DIMS)}
+    weights = {
+        f"w0.{i}": torch.randn(dim, 8, generator=generator) / total_in**0.5 for i, dim in enumerate(FEATURE_DIMS)
+    }
     weights["b0"] = torch.randn(8, generator=generator) * 0.1
     weights["dense_w.0"] = torch.randn(8, 8, generator=generator) / 8**0.5
     weights["dense_b.0"] = torch.randn(8, generator=generator) * 0.1

@@ -91,7 +91,9 @@ def test_the_recorded_reference_is_not_a_trivial_trajectory(recorded):
     for scenario in SCENARIOS:
         for name, p in initial.items():
             assert (recorded[f"{scenario}.{STEPS}.{name}"] - p).abs().max() > 1e-3, (scenario, name)
-    assert (recorded[f"defaults.{STEPS}.fc1.weight"] - recorded[f"no_orthogonalize.{STEPS}.fc1.weight"]).abs().max() > 1e-3
+    assert (
+        recorded[f"defaults.{STEPS}.fc1.weight"] - recorded[f"no_orthogonalize.{STEPS}.fc1.weight"]
+    ).abs().max() > 1e-3
 
 
 def test_another_network_does_not_match(recorded):

@@ -146,7 +146,9 @@ def init_theta(config: Celo2Config, generator: torch.Generator | None = None) ->
         return normal * std
 
     total_in = sum(config.feature_dims)
-    theta = {f"w0.{i}": trunc_normal(dim, config.hidden_size, total_in**-0.5) for i, dim in enumerate(config.feature_dims)}
+    theta = {
+        f"w0.{i}": trunc_normal(dim, config.hidden_size, total_in**-0.5) for i, dim in enumerate(config.feature_dims)
+    }
     theta["b0"] = torch.zeros(config.hidden_size)
     sizes = [config.hidden_size] * config.hidden_layers + [config.output_size]
     for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):

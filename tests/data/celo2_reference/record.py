@@ -38,11 +38,15 @@ def main() -> None:
         assert torch.equal(network.state_dict()[name], value), name
     # The mixin's own save writes the same config as our test folder.
     network.save_pretrained(str(scratch / "mixin"))
-    assert json.loads((scratch / "mixin" / "config.json").read_text()) == json.loads((folder / "config.json").read_text())
+    assert json.loads((scratch / "mixin" / "config.json").read_text()) == json.loads(
+        (folder / "config.json").read_text()
+    )
     recorded = {}
     for scenario, (kwargs, scheduled) in SCENARIOS.items():
         model = ReferenceModel()
-        optimizer = CELO2_naive(model.param_groups(), network=CELO2MLP.from_pretrained(str(folder)), hf_key=None, **kwargs)
+        optimizer = CELO2_naive(
+            model.param_groups(), network=CELO2MLP.from_pretrained(str(folder)), hf_key=None, **kwargs
+        )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=STEPS) if scheduled else None
         for step in range(1, STEPS + 1):
             optimizer.zero_grad()
