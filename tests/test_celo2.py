@@ -156,7 +156,7 @@ def test_use_adamw_for_1d_false_sends_vectors_through_the_network():
     bias = torch.nn.Parameter(torch.randn(5))
     scalar = torch.nn.Parameter(torch.tensor(0.5))
     optimizer = lo.Celo2([bias, scalar], use_adamw_for_1d=False, theta=reference_weights())
-    for step in range(3):
+    for _ in range(3):
         bias.grad, scalar.grad = torch.randn(5), torch.randn(())
         optimizer.step()
     assert set(optimizer.state[bias]) == {"step", "momentum", "rms", "factored"}

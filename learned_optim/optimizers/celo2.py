@@ -55,6 +55,7 @@ coordinates update, with the non-finite entries counted as 0 in the tensor's sta
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ def init_theta(config: Celo2Config, generator: torch.Generator | None = None) ->
     }
     theta["b0"] = torch.zeros(config.hidden_size)
     sizes = [config.hidden_size] * config.hidden_layers + [config.output_size]
-    for index, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         theta[f"dense_w.{index}"] = trunc_normal(fan_in, fan_out, fan_in**-0.5)
         theta[f"dense_b.{index}"] = torch.zeros(fan_out)
     return theta
