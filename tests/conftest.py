@@ -15,7 +15,7 @@ os.environ.setdefault("LEARNED_OPTIM_DATA", str(REPO / "data"))
 if SHARED_DATA.is_dir():
     os.environ.setdefault("LEARNED_OPTIM_DATA_MIRROR", str(SHARED_DATA))
 
-NETWORK_OPTIMIZERS = [lo.LSTMOptimizer, lo.RNNprop, lo.Hamiltonian]
+NETWORK_OPTIMIZERS = [lo.LSTMOptimizer, lo.RNNprop, lo.Hamiltonian, lo.Celo2]
 OPTIMIZERS = [*NETWORK_OPTIMIZERS, lo.Symbolic]  # Symbolic's weights are its rule's constants
 
 

@@ -77,8 +77,8 @@ class Celo2Config:
     """The network (the reference's ``config.json``) and the accumulators it was trained with."""
 
     feature_dims: tuple = FEATURE_DIMS
-    hidden_size: int = 8
-    hidden_layers: int = 2
+    ff_hidden_size: int = 8
+    ff_hidden_layers: int = 2
     output_size: int = 3
     activation: str = "relu"
     initial_momentum_decays: tuple = (0.9, 0.99, 0.999)
@@ -111,8 +111,8 @@ class Celo2Config:
             raise ValueError(f"feature_dims {self.feature_dims} do not match the accumulators' features {expected}")
         if len(self.ns_coeffs) != 3:
             raise ValueError(f"ns_coeffs must be 3 numbers, got {self.ns_coeffs}")
-        if self.hidden_layers < 1 or self.hidden_size < 1 or self.output_size < 2:
-            raise ValueError("Celo2 needs hidden_layers ≥ 1, hidden_size ≥ 1 and output_size ≥ 2")
+        if self.ff_hidden_layers < 1 or self.ff_hidden_size < 1 or self.output_size < 2:
+            raise ValueError("Celo2 needs ff_hidden_layers ≥ 1, ff_hidden_size ≥ 1 and output_size ≥ 2")
 
 
 # Per-group options the update reads, with the reference's names and defaults.
@@ -148,10 +148,10 @@ def init_theta(config: Celo2Config, generator: torch.Generator | None = None) ->
 
     total_in = sum(config.feature_dims)
     theta = {
-        f"w0.{i}": trunc_normal(dim, config.hidden_size, total_in**-0.5) for i, dim in enumerate(config.feature_dims)
+        f"w0.{i}": trunc_normal(dim, config.ff_hidden_size, total_in**-0.5) for i, dim in enumerate(config.feature_dims)
     }
-    theta["b0"] = torch.zeros(config.hidden_size)
-    sizes = [config.hidden_size] * config.hidden_layers + [config.output_size]
+    theta["b0"] = torch.zeros(config.ff_hidden_size)
+    sizes = [config.ff_hidden_size] * config.ff_hidden_layers + [config.output_size]
     for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         theta[f"dense_w.{index}"] = trunc_normal(fan_in, fan_out, fan_in**-0.5)
         theta[f"dense_b.{index}"] = torch.zeros(fan_out)
@@ -201,6 +201,8 @@ def init_state(param: Tensor, config: Celo2Config, options: Mapping[str, Any] | 
     return state
 
 
+# The reference network's constructor arguments (its config.json) → our config's names.
+_REFERENCE_NAMES = {"hidden_size": "ff_hidden_size", "hidden_layers": "ff_hidden_layers"}
 TENSOR_STATE = frozenset({"factored_row", "factored_col"})
 
 
@@ -248,9 +250,9 @@ def network(theta: Mapping[str, Tensor], features: Tensor, config: Celo2Config) 
     width = features.shape[0]
     first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])[:width]
     hidden = activation(first.T @ features + theta["b0"].unsqueeze(1))
-    for index in range(config.hidden_layers):
+    for index in range(config.ff_hidden_layers):
         hidden = theta[f"dense_w.{index}"].T @ hidden + theta[f"dense_b.{index}"].unsqueeze(1)
-        if index != config.hidden_layers - 1:
+        if index != config.ff_hidden_layers - 1:
             hidden = activation(hidden)
     return hidden
 
@@ -423,6 +425,14 @@ class Celo2(LearnedOptimizer):
         rmsmult: float = 1.0,
         param_scale_mult: bool = False,
         grad_clip_val: float = 1000.0,
+        ff_hidden_size: int | None = None,
+        ff_hidden_layers: int | None = None,
+        initial_momentum_decays: tuple[float, ...] | None = None,
+        initial_rms_decays: tuple[float, ...] | None = None,
+        initial_adafactor_decays: tuple[float, ...] | None = None,
+        ns_coeffs: tuple[float, float, float] | None = None,
+        ns_iters: int | None = None,
+        ns_eps: float | None = None,
         maximize: bool = False,
         config: Celo2Config | Mapping[str, Any] | None = None,
         theta: Mapping[str, Tensor] | None = None,
@@ -447,6 +457,17 @@ class Celo2(LearnedOptimizer):
         }
         _check_options({**options, "weight_decay": weight_decay})
         self._options = options
+        network = {
+            "ff_hidden_size": ff_hidden_size,
+            "ff_hidden_layers": ff_hidden_layers,
+            "initial_momentum_decays": initial_momentum_decays,
+            "initial_rms_decays": initial_rms_decays,
+            "initial_adafactor_decays": initial_adafactor_decays,
+            "ns_coeffs": ns_coeffs,
+            "ns_iters": ns_iters,
+            "ns_eps": ns_eps,
+        }
+        overrides = {key: tuple(v) if isinstance(v, list) else v for key, v in network.items() if v is not None}
         super().__init__(
             params,
             lr,
@@ -457,6 +478,7 @@ class Celo2(LearnedOptimizer):
             seed=seed,
             chunk_size=chunk_size,
             fused=fused,
+            **overrides,
         )
 
     @classmethod
@@ -466,7 +488,8 @@ class Celo2(LearnedOptimizer):
         network_keys = {"feature_dims", "hidden_size", "hidden_layers", "output_size", "activation"}
         if "feature_dims" not in document or not set(document) <= network_keys:
             return None
-        return config_from_dict(Celo2Config, dict(document), source)
+        renamed = {_REFERENCE_NAMES.get(key, key): value for key, value in document.items()}
+        return config_from_dict(Celo2Config, renamed, source)
 
     def _extra_group_defaults(self) -> dict[str, Any]:
         return dict(self._options)
