@@ -63,7 +63,7 @@ def full_parameters(model) -> list[torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["ddp", "fsdp", "meta"])
-    parser.add_argument("optimizer", choices=["lstm", "rnnprop", "hamiltonian"])
+    parser.add_argument("optimizer", choices=["lstm", "rnnprop", "hamiltonian", "celo2"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--checkpoint-at", type=int, default=10, help="fsdp: save a distributed checkpoint here")
     parser.add_argument("--resume-from", type=Path, help="fsdp: load this checkpoint and run the remaining steps")

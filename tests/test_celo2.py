@@ -218,3 +218,31 @@ def test_newton_schulz_orthogonalises():
     x = torch.randn(6, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     singular = torch.linalg.svdvals(celo2.newton_schulz(x, (3.4445, -4.7750, 2.0315), 10, 1e-8))
     assert ((singular > 0.6) & (singular < 1.3)).all()  # the quintic's band around 1
+
+
+# -- meta-training runs the architecture like the others -----------------------------------------
+
+
+def test_meta_training_celo2_with_an_imitation_warm_start_writes_loadable_weights(tmp_path):
+    from learned_optim.meta.export import export_weights
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+
+    config = MetaTrainConfig(
+        architecture="celo2",
+        task="mnist-mlp",
+        horizons=[4],
+        unroll=2,
+        meta_epochs=1,
+        trajectories_per_epoch=1,
+        inner_lr=0.01,
+        validation_trajectories=1,
+        imitation_teacher="adam",
+        imitation_epochs=1,
+    )
+    trainer = MetaTrainer(config, tmp_path / "run")
+    before = {k: v.detach().clone() for k, v in trainer.theta.items()}
+    result = trainer.run(progress_bar=False)
+    assert any(not torch.equal(before[k], v) for k, v in result.theta.items())
+    weights = export_weights(trainer, result, tmp_path / "weights", "pytest")
+    optimizer = lo.load(str(weights), [torch.nn.Parameter(torch.randn(3, 4))])
+    assert isinstance(optimizer, lo.Celo2)
