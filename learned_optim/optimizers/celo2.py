@@ -228,15 +228,25 @@ def normalize_second_moment(x: Tensor, axes: tuple[int, ...], eps: float = 1e-9)
 
 
 def newton_schulz(x: Tensor, coeffs: tuple[float, float, float], steps: int, eps: float) -> Tensor:
-    """Approximate orthogonalisation of the matrices on ``x``'s last two axes (quintic Newton–Schulz)."""
+    """Approximate orthogonalisation of the matrices on ``x``'s last two axes (quintic Newton–Schulz).
+
+    Each iteration is two fused multiply-adds (``addmm``, batched over leading axes as ``baddbmm``)
+    and one Gram product, in ``x``'s dtype (float32 for float32 parameters, as the reference).
+    """
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.mT
     x = x / (torch.linalg.norm(x, dim=(-2, -1), keepdim=True) + eps)
     a, b, c = coeffs
+    shape = x.shape
+    batched = x.dim() > 2
+    if batched:
+        x = x.reshape(-1, *shape[-2:])
+    multiply_add = torch.baddbmm if batched else torch.addmm
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        x = multiply_add(x, multiply_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A²) X
+    x = x.reshape(shape)
     return x.mT if transposed else x
 
 
