@@ -29,8 +29,9 @@ Policies shared by all learned optimizers:
   same trajectory even in an optimizer built with other weights. (``torch.distributed.checkpoint``
   keeps only ``state`` and ``param_groups``: there, rebuild the optimizer from the same weights.)
 * Distributed: under DDP every rank runs the identical, deterministic step. Under FSDP2
-  (``fully_shard``), state is a DTensor sharded like its parameter and the network runs on the
-  local shard; no optimizer has a per-tensor statistic, so no communication is needed.
+  (``fully_shard``), state is a DTensor sharded like its parameter and a coordinatewise network
+  runs on the local shard, with no communication. A per-tensor architecture (``per_tensor``, e.g.
+  Celo2) gathers each sharded tensor whole instead (``learned_optim.per_tensor``).
 """
 
 from __future__ import annotations
