@@ -3,7 +3,9 @@
 All seeds train at once: the parameters of the seeds' models are stacked along a leading seed
 dimension and losses are computed per seed with ``torch.func.vmap``. Every optimizer here is
 elementwise or coordinatewise, so ``optimizer.step()`` on the stacked tensors is exactly one
-independent run per seed, through the same optimizer classes a user calls. BatchNorm running
+independent run per seed, through the same optimizer classes a user calls — except a per-tensor
+optimizer (Celo2), whose statistics over a stacked tensor would mix the seeds: it gets one optimizer
+per seed, over views of that seed's slice of the stacked tensors. BatchNorm running
 statistics live in stacked buffers and are updated in place, per seed, as in ordinary training.
 
 Data roles (see ``meta.tasks.images``): the optimizee trains on ``fit_split`` — by default the
@@ -84,6 +86,29 @@ def _moving_average(curve: Tensor, window: int) -> Tensor:
     return (sums[ends] - sums[starts]) / (ends - starts).unsqueeze(1)
 
 
+class PerSeedOptimizers:
+    """One optimizer per seed over views of seed s's slice of the stacked parameters (in place)."""
+
+    def __init__(self, name: str, params: list[torch.nn.Parameter], seeds: int, lr: float) -> None:
+        self.params = params
+        self.views = [[torch.nn.Parameter(p.data[seed]) for p in params] for seed in range(seeds)]
+        self.optimizers = [make_optimizer(name, views, lr=lr) for views in self.views]
+
+    @property
+    def state(self) -> dict[Tensor, dict[str, Any]]:
+        return {p: s for optimizer in self.optimizers for p, s in optimizer.state.items()}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        for seed, (views, optimizer) in enumerate(zip(self.views, self.optimizers, strict=True)):
+            for view, p in zip(views, self.params, strict=True):
+                view.grad = None if p.grad is None else p.grad[seed]
+            optimizer.step()
+
+
 def _rounded(values: list[float]) -> list[float]:
     return [v if not math.isfinite(v) else float(f"{v:.5g}") for v in values]
 
@@ -135,6 +160,8 @@ def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dic
         return (loss / len(inputs)).tolist(), (correct / len(inputs)).tolist()
 
     optimizer = make_optimizer(spec.optimizer, params, lr=spec.lr)
+    if getattr(optimizer, "per_tensor", False):
+        optimizer = PerSeedOptimizers(spec.optimizer, params, len(spec.seeds), spec.lr)
     batch_generators = [torch.Generator().manual_seed(seed) for seed in spec.seeds]
     losses, step_seconds, reported = [], [], {}
     diverged_at: list[int | None] = [None] * len(spec.seeds)

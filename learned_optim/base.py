@@ -29,8 +29,9 @@ Policies shared by all learned optimizers:
   same trajectory even in an optimizer built with other weights. (``torch.distributed.checkpoint``
   keeps only ``state`` and ``param_groups``: there, rebuild the optimizer from the same weights.)
 * Distributed: under DDP every rank runs the identical, deterministic step. Under FSDP2
-  (``fully_shard``), state is a DTensor sharded like its parameter and the network runs on the
-  local shard; no optimizer has a per-tensor statistic, so no communication is needed.
+  (``fully_shard``), state is a DTensor sharded like its parameter and a coordinatewise network
+  runs on the local shard, with no communication. A per-tensor architecture (``per_tensor``, e.g.
+  Celo2) gathers each sharded tensor whole instead (``learned_optim.per_tensor``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
+from learned_optim import per_tensor
 from learned_optim.errors import WeightsError
 
 DEFAULT_CHUNK_SIZE = 8192
@@ -103,6 +105,8 @@ def config_from_dict(
         expected = type(getattr(config_class(), name))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is tuple and isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
         if type(value) is not expected:
             raise wrong(f"{source}: {config_class.__name__}.{name} must be {expected.__name__}, got {value!r}")
         cleaned[name] = value
@@ -194,6 +198,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     architecture: ClassVar[str]
     Config: ClassVar[type]
+    # A per-tensor architecture's update reads the parameter and statistics of the whole tensor:
+    # update(theta, grad, state, step, config, *, param, options) -> (D, new_state), p ← p − lr · D
+    # (weight decay inside D); every engine hands it whole tensors. ``tensor_state`` names its state
+    # that is not shaped like the parameter; ``group_options`` its per-group options and defaults.
+    per_tensor: ClassVar[bool] = False
+    tensor_state: ClassVar[frozenset[str]] = frozenset()
+    group_options: ClassVar[Mapping[str, Any]] = {}
     # Default chunk sizes (eager, fused): a fused step keeps no temporaries, so its chunks only
     # amortise the call; the network's hidden layers still bound them (measured at 10M, 2-core CPU).
     chunk_sizes: ClassVar[tuple[int, int]] = (DEFAULT_CHUNK_SIZE, 1 << 16)
@@ -248,7 +259,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.chunk_size = chunk_size
         self.theta = theta if theta is not None else self.init_theta(config, torch.Generator().manual_seed(seed))
         self._compiled_step: Callable[..., None] | None = None
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "maximize": maximize, "fused": fused})
+        defaults = {"lr": lr, "weight_decay": weight_decay, "maximize": maximize, "fused": fused}
+        super().__init__(params, defaults | self._extra_group_defaults())
         for group in self.param_groups:
             for p in group["params"]:
                 if p.is_complex():
@@ -297,12 +309,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support complex gradients")
                 work.append((group, p))
         together: dict[tuple[Any, ...], tuple[dict[str, Any], list[tuple[Tensor, dict[str, Tensor]]]]] = {}
+        whole_tensors: list[tuple[dict[str, Any], Tensor, dict[str, Tensor]]] = []
         for group, p in work:
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
-                state.update(self._init_state(p))
+                state.update(self._init_state(p, group))
             state["step"] += 1
+            if self.per_tensor:
+                whole_tensors.append((group, p, state))
+                continue
             if group["fused"] and 0 < p.numel() <= FUSED_GROUP_NUMEL and not _is_dtensor(p):
                 key = (id(group), p.device, p.dtype, float(state["step"]))
                 together.setdefault(key, (group, []))[1].append((p, state))
@@ -317,7 +333,26 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 self._update_parameter(p, p.grad, state, group)
             else:
                 self._update_together(members, group)
+        if whole_tensors:
+            self._update_whole_tensors(whole_tensors)
         return loss
+
+    # -- per-tensor architectures (docs/per-tensor-contract.md; engine in learned_optim.per_tensor) ---
+
+    def _extra_group_defaults(self) -> dict[str, Any]:
+        """Per-group options an architecture adds to torch.optim's defaults (``group_options``)."""
+        return {}
+
+    def options_of(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The per-group options a per-tensor update reads, from ``group``."""
+        return {"weight_decay": group["weight_decay"]} | {k: group.get(k, v) for k, v in self.group_options.items()}
+
+    def gradient_scales(self, groups: list[dict[str, Any]]) -> dict[int, float]:
+        """Factors by ``id(group)`` that the gradients of a per-tensor step are multiplied with."""
+        return {}
+
+    def _update_whole_tensors(self, work: list[tuple[dict[str, Any], Tensor, dict[str, Tensor]]]) -> None:
+        per_tensor.step_whole_tensors(self, work)
 
     def _update_together(self, members: list[tuple[Tensor, dict[str, Tensor]]], group: dict[str, Any]) -> None:
         """One fused step for small tensors: concatenate parameters, gradients and state, step the
@@ -340,8 +375,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 value.copy_(flat_state[key][..., offset : offset + numel])
             offset += numel
 
-    def _init_state(self, p: Tensor) -> dict[str, Tensor]:
+    def _init_state(self, p: Tensor, group: dict[str, Any] | None = None) -> dict[str, Tensor]:
         """Fresh state for ``p``; for a DTensor, sharded like ``p`` (so distributed checkpoints reshard it)."""
+        if self.per_tensor:
+            return per_tensor.init_state(self, p, group if group is not None else self.defaults)
         if not _is_dtensor(p):
             return self.init_state(p, self.config)
         from torch.distributed.tensor import DTensor, Shard

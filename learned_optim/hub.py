@@ -36,7 +36,7 @@ from torch.optim.optimizer import ParamsT
 from learned_optim import cards
 from learned_optim.base import LearnedOptimizer, config_from_dict, install_weights_io, validate_theta
 from learned_optim.errors import WeightsError
-from learned_optim.optimizers import get_architecture
+from learned_optim.optimizers import ARCHITECTURES, get_architecture
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -129,15 +129,20 @@ def read_pretrained(directory: str | os.PathLike[str]) -> Pretrained:
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     document = _read_config(directory)
     version = document.get("format_version")
-    if not isinstance(version, int):
+    foreign = _reference_format(document, str(config_path)) if version is None else None
+    if foreign is not None:  # a published optimizer's own format (e.g. PyLO's CELO2MLP)
+        cls, config = foreign
+        document = {}
+    elif not isinstance(version, int):
         raise WeightsError(f"{config_path}: missing integer 'format_version'")
-    if version > FORMAT_VERSION:
+    elif version > FORMAT_VERSION:
         raise WeightsError(
             f"{config_path}: format_version {version} is newer than this learned_optim supports "
             f"({FORMAT_VERSION}); upgrade learned_optim"
         )
-    cls = get_architecture(document.get("architecture"), str(config_path))
-    config = config_from_dict(cls.Config, document.get("config", {}), str(config_path))
+    else:
+        cls = get_architecture(document.get("architecture"), str(config_path))
+        config = config_from_dict(cls.Config, document.get("config", {}), str(config_path))
     try:
         tensors = safetensors.torch.load_file(weights_path)
     except FileNotFoundError:
@@ -156,6 +161,16 @@ def read_pretrained(directory: str | os.PathLike[str]) -> Pretrained:
         recipe=dict(document.get("recipe", {})),
         path=directory,
     )
+
+
+def _reference_format(document: dict[str, Any], source: str) -> tuple[type[LearnedOptimizer], Any] | None:
+    """The architecture and config of a folder in a published optimizer's own format, if one reads it."""
+    for cls in ARCHITECTURES.values():
+        reader = getattr(cls, "config_from_reference", None)
+        config = reader(document, source) if reader is not None else None
+        if config is not None:
+            return cls, config
+    return None
 
 
 def resolve(

@@ -11,7 +11,7 @@ import torch
 from benchmarks.l2o_eval import run_cell, update_card
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd-momentum", "celo2"])  # celo2: one optimizer per seed
 def test_stacked_seeds_are_independent_runs(optimizer):
     together = run_cell("mnist-mlp", optimizer, 0.01, seeds=3, steps=20, report=[20])
     alone = run_cell("mnist-mlp", optimizer, 0.01, seeds=1, steps=20, report=[20])

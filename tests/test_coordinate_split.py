@@ -28,14 +28,15 @@ def _two_unrolls(optimizer_class, task, weighting, threads):
     theta = {k: v.requires_grad_() for k, v in initial.items()}
     inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(2)
+    lr = 1e-2 if optimizer_class is lo.Celo2 else 0.5  # Celo2's steps have RMS 1: its lr is small
     all_losses = []
     for _ in range(2):  # the second unroll starts from a state left by the first
         if threads is None:
-            losses, inner = unroll(optimizer_class, theta, config, task, inner, generator, 4, lr=0.5)
+            losses, inner = unroll(optimizer_class, theta, config, task, inner, generator, 4, lr=lr)
             meta_loss(losses, weighting).backward()
             inner = inner.detached()
         else:
-            record = split_unroll(optimizer_class, theta, config, task, inner, generator, 4, threads, lr=0.5)
+            record = split_unroll(optimizer_class, theta, config, task, inner, generator, 4, threads, lr=lr)
             for name, gradient in record.meta_gradient(theta, weighting, threads).items():
                 theta[name].grad = gradient if theta[name].grad is None else theta[name].grad + gradient
             losses, inner = record.losses, record.state
@@ -46,6 +47,8 @@ def _two_unrolls(optimizer_class, task, weighting, threads):
 @pytest.mark.parametrize("weighting", ["mean", "sum", "log_sum"])
 @pytest.mark.parametrize("task_name", ["quadratic", "mnist-mlp"])
 def test_split_unroll_gives_the_plain_unrolls_losses_state_and_meta_gradient(optimizer_class, task_name, weighting):
+    if optimizer_class is lo.Celo2 and task_name == "quadratic":
+        pytest.skip("the quadratic's one vector takes Celo2's AdamW path: nothing learned to differentiate")
     task = get_task(task_name)
     threads = CoordinateThreads(3)  # three slices of unequal size on a 10- or 15,910-coordinate task
     plain = _two_unrolls(optimizer_class, task, weighting, None)

@@ -66,7 +66,7 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool) -> No
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["rnnprop", "lstm"])
+@pytest.mark.parametrize("name", ["rnnprop", "lstm", "celo2"])
 def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
     launch("ddp", name, tmp_path)
     rank0, rank1 = load(tmp_path / f"ddp-{name}-rank0.pt"), load(tmp_path / f"ddp-{name}-rank1.pt")
@@ -77,7 +77,8 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
     assert not torch.equal(reference[-1][0], model_and_batches()[0][0].weight)  # it did train
 
 
-@pytest.mark.parametrize("name", ["rnnprop", "lstm"])
+# Celo2 is per-tensor: each rank gathers the whole tensor, its Adafactor moments and orthogonalisation.
+@pytest.mark.parametrize("name", ["rnnprop", "lstm", "celo2"])
 def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp_path, name):
     launch("fsdp", name, tmp_path, "--checkpoint-at", 10)
     history = load(tmp_path / f"fsdp-{name}-rank0.pt")

@@ -4,6 +4,8 @@ import torch
 from conftest import loss_of, small_model, train
 from torch.func import functional_call, grad
 
+from learned_optim.meta.inner_step import init_optimizer_state, is_per_tensor, optimizer_step
+
 
 def test_runtime_step_equals_functional_unroll(optimizer_class):
     lr, steps = 0.5, 4
@@ -14,7 +16,10 @@ def test_runtime_step_equals_functional_unroll(optimizer_class):
 
     functional_model = small_model()
     theta = optimizer_class([torch.nn.Parameter(torch.zeros(1))], lr=lr).theta
-    states = {name: optimizer_class.init_state(p, optimizer.config) for name, p in params.items()}
+    if is_per_tensor(optimizer_class):  # the engines' per-tensor state: "<name>/<key>"
+        states = {name: init_optimizer_state(optimizer_class, optimizer.config, [name], params) for name in params}
+    else:
+        states = {name: optimizer_class.init_state(p, optimizer.config) for name, p in params.items()}
 
     def loss_fn(p, seed):
         return loss_of_params(functional_model, p, seed)
@@ -23,10 +28,17 @@ def test_runtime_step_equals_functional_unroll(optimizer_class):
         grads = grad(loss_fn)(params, step - 1)
         new_params = {}
         for name, p in params.items():
-            direction, states[name] = optimizer_class.update(
-                theta, grads[name], states[name], torch.tensor(float(step)), optimizer.config
+            direction, states[name] = optimizer_step(
+                optimizer_class,
+                theta,
+                optimizer.config,
+                grads[name],
+                states[name],
+                torch.tensor(float(step)),
+                names=[name],
+                params=params,
             )
-            new_params[name] = p - lr * direction
+            new_params[name] = p - lr * direction.view_as(p)
         params = new_params
 
     for name, p in model.named_parameters():
@@ -52,9 +64,18 @@ def test_update_is_differentiable_with_respect_to_theta(optimizer_class):
     optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(1))])
     theta = {k: v.clone().requires_grad_() for k, v in optimizer.theta.items()}
     g = torch.randn(5, 2)
-    state = optimizer_class.init_state(g, optimizer.config)
-    direction, new_state = optimizer_class.update(theta, g, state, torch.tensor(1.0), optimizer.config)
-    direction, _ = optimizer_class.update(theta, g, new_state, torch.tensor(2.0), optimizer.config)
+    config = optimizer.config
+    if is_per_tensor(optimizer_class):  # it also reads the parameter
+        params = {"p": torch.randn(5, 2)}
+        state = init_optimizer_state(optimizer_class, config, ["p"], params)
+        for step in (1.0, 2.0):
+            direction, state = optimizer_step(
+                optimizer_class, theta, config, g, state, torch.tensor(step), names=["p"], params=params
+            )
+    else:
+        state = optimizer_class.init_state(g, config)
+        direction, new_state = optimizer_class.update(theta, g, state, torch.tensor(1.0), config)
+        direction, _ = optimizer_class.update(theta, g, new_state, torch.tensor(2.0), config)
     gradients = torch.autograd.grad(direction.sum(), list(theta.values()))
     assert all(torch.isfinite(t).all() for t in gradients)
     assert sum(t.abs().sum() for t in gradients) > 0

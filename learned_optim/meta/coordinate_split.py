@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
+from learned_optim.meta.inner_step import SEPARATOR, is_per_tensor, optimizer_step
 from learned_optim.meta.unroll import InnerState, apply_direction, flat_gradient
 
 Result = TypeVar("Result")
@@ -155,6 +156,20 @@ def coordinate_slices(count: int, parts: int) -> list[tuple[int, int]]:
     return [bound for bound in bounds if bound[1] > bound[0]]
 
 
+def tensor_slices(sizes: list[int], parts: int) -> list[tuple[int, int, int, int]]:
+    """At most ``parts`` contiguous ranges of whole tensors of ``sizes``, near equal in coordinates:
+    ``(first tensor, stop tensor, first coordinate, stop coordinate)`` each."""
+    total, slices = sum(sizes), []
+    first, start, position = 0, 0, 0
+    for index, size in enumerate(sizes):
+        position += size
+        boundary = total * (len(slices) + 1) / parts
+        if position >= boundary or index == len(sizes) - 1:
+            slices.append((first, index + 1, start, position))
+            first, start = index + 1, position
+    return [piece for piece in slices if piece[3] > piece[2]]
+
+
 def _value_and_gradient(task: Any, params: dict[str, Tensor], batch: Any) -> tuple[Tensor, Tensor]:
     inputs = dict(params)
     for name in task.parameter_names:
@@ -194,8 +209,14 @@ class SplitUnroll:
 
         def backward(index: int) -> tuple[Tensor | None, ...]:
             start, stop = self.slices[index]
-            cotangents = [adjoint[start:stop] for adjoint in adjoints]
-            return torch.autograd.grad(self.directions[index], leaves, cotangents, allow_unused=True)
+            # A slice can hold only tensors whose update learns nothing (Celo2's AdamW path).
+            pairs = [
+                (d, a[start:stop]) for d, a in zip(self.directions[index], adjoints, strict=True) if d.requires_grad
+            ]
+            if not pairs:
+                return (None,) * len(leaves)
+            outputs, cotangents = zip(*pairs, strict=True)
+            return torch.autograd.grad(outputs, leaves, cotangents, allow_unused=True)
 
         if threads._backward_compiled:
             parts = threads.map(backward, len(self.slices))
@@ -233,15 +254,34 @@ def split_unroll(
         params = {name: value.detach() for name, value in inner.params.items()}
         _, gradient = _value_and_gradient(task, params, task.sample(generator, split))
         count = gradient.numel()
-        slices = coordinate_slices(count, threads.threads)
-        states = []
-        for start, stop in slices:
-            state = {}
-            for name, value in inner.opt_state.items():
-                if value.shape[-1:] != (count,):
-                    raise ValueError(f"state {name!r} of shape {tuple(value.shape)} is not per coordinate (last axis)")
-                state[name] = value.detach()[..., start:stop].contiguous()
-            states.append(state)
+        names = list(task.parameter_names)
+        if is_per_tensor(architecture):  # slices of whole tensors: a statistic never spans a cut
+            pieces = tensor_slices([params[name].numel() for name in names], threads.threads)
+            slices = [(start, stop) for _, _, start, stop in pieces]
+            slice_names = [names[first:last] for first, last, _, _ in pieces]
+            states = [
+                {
+                    key: value.detach()
+                    for key, value in inner.opt_state.items()
+                    if key.split(SEPARATOR, 1)[0] in set(members)
+                }
+                for members in slice_names
+            ]
+        else:
+            slices = coordinate_slices(count, threads.threads)
+            slice_names = [names] * len(slices)
+            states = []
+            for start, stop in slices:
+                state = {}
+                for name, value in inner.opt_state.items():
+                    if value.shape[-1:] != (count,):
+                        raise ValueError(
+                            f"state {name!r} of shape {tuple(value.shape)} is not per coordinate (last axis)"
+                        )
+                    state[name] = value.detach()[..., start:stop].contiguous()
+                states.append(state)
+        per_tensor = is_per_tensor(architecture)
+        slice_params = [{name: params[name] for name in members} for members in slice_names]
         keep_graph = torch.is_grad_enabled() and any(value.requires_grad for value in theta.values())
         directions: list[list[Tensor]] = [[] for _ in slices]
         losses, gradients = [], []
@@ -250,7 +290,23 @@ def split_unroll(
 
             def advance(index: int, gradient: Tensor = gradient, step: Tensor = step) -> Tensor:
                 start, stop = slices[index]
-                direction, states[index] = architecture.update(theta, gradient[start:stop], states[index], step, config)
+                direction, states[index] = optimizer_step(
+                    architecture,
+                    theta,
+                    config,
+                    gradient[start:stop],
+                    states[index],
+                    step,
+                    names=slice_names[index],
+                    params=slice_params[index],
+                )
+                if per_tensor:  # the update reads θ: keep θ's dependence on earlier directions, as unroll does
+                    pieces = direction.split([slice_params[index][name].numel() for name in slice_names[index]])
+                    for name, piece in zip(slice_names[index], pieces, strict=True):
+                        value = slice_params[index][name]
+                        slice_params[index][name] = value - lr * piece.view_as(value)
+                        if not keep_graph:
+                            slice_params[index][name] = slice_params[index][name].detach()
                 if keep_graph:
                     directions[index].append(direction)
                 else:
@@ -262,7 +318,10 @@ def split_unroll(
             loss, gradient = _value_and_gradient(task, params, task.sample(generator, split))
             losses.append(loss)
             gradients.append(gradient)
-        new_state = {name: torch.cat([state[name].detach() for state in states], dim=-1) for name in states[0]}
+        if is_per_tensor(architecture):
+            new_state = {key: value.detach() for state in states for key, value in state.items()}
+        else:
+            new_state = {name: torch.cat([state[name].detach() for state in states], dim=-1) for name in states[0]}
     return SplitUnroll(
         torch.stack(losses),
         InnerState(params, new_state, inner.step + num_steps),

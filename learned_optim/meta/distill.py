@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from learned_optim.expression import Rule
 from learned_optim.hub import Pretrained
 from learned_optim.meta import sympy_rules
+from learned_optim.meta.inner_step import optimizer_step
 from learned_optim.meta.regression import RegressionBackend, SearchSettings
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.unroll import apply_direction, flat_gradient, start
@@ -141,8 +142,15 @@ def record(
             loss = task.loss(params, task.sample(generator, "train"))
             grad = flat_gradient(task, loss, params)
             with torch.no_grad():
-                direction, opt_state = architecture.update(
-                    teacher.theta, grad, opt_state, torch.tensor(float(step)), teacher.config
+                direction, opt_state = optimizer_step(
+                    architecture,
+                    teacher.theta,
+                    teacher.config,
+                    grad,
+                    opt_state,
+                    torch.tensor(float(step)),
+                    names=task.parameter_names,
+                    params=params,
                 )
                 inputs, accumulators = advance(grad, accumulators, step, feature_config, tuple(names))
                 index = torch.cat(

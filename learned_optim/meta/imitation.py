@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from learned_optim.meta.inner_step import init_optimizer_state, optimizer_step
 from learned_optim.meta.teachers import init_teacher_state, teacher_update
 from learned_optim.meta.unroll import apply_direction, flat_gradient, flat_parameters
 
@@ -38,7 +39,7 @@ def imitation_trajectory(
     params = task.init(generator)
     flat = flat_parameters(task, params)
     teacher_state = init_teacher_state(teacher, flat)
-    opt_state = architecture.init_state(flat, config)
+    opt_state = init_optimizer_state(architecture, config, names, params)
     losses = []
     for begin in range(0, horizon, unroll):
         error = flat.new_zeros(())
@@ -48,7 +49,9 @@ def imitation_trajectory(
             loss = task.loss(leaves, task.sample(generator, "train"))
             flat_grad = flat_gradient(task, loss, leaves)
             target, teacher_state = teacher_update(teacher, flat_grad, teacher_state, t, teacher_lr)
-            direction, opt_state = architecture.update(theta, flat_grad, opt_state, torch.tensor(float(t)), config)
+            direction, opt_state = optimizer_step(
+                architecture, theta, config, flat_grad, opt_state, torch.tensor(float(t)), names=names, params=leaves
+            )
             error = error + ((inner_lr * direction - target) ** 2).sum()
             scale = scale + (target**2).sum()
             params = apply_direction(task, {k: v.detach() for k, v in params.items()}, target, 1.0)

@@ -16,7 +16,9 @@ backward through the whole unroll at every inner step: O(K²).) Between unrolls 
 detaches θ and s: truncated BPTT.
 
 All coordinates of all parameter tensors form one flat vector for the update, so the shared
-network runs once per inner step whatever the number of tensors.
+network runs once per inner step whatever the number of tensors; a per-tensor architecture gets
+each tensor whole instead (``learned_optim.meta.inner_step``, the one inner step every functional
+engine shares).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from learned_optim.meta.inner_step import init_optimizer_state, optimizer_step
 
 
 @dataclass
@@ -59,7 +63,7 @@ def flat_gradient(task: Any, loss: Tensor, params: dict[str, Tensor], **grad_kwa
 def start(architecture: Any, config: Any, task: Any, generator: torch.Generator) -> InnerState:
     """A fresh task instance and a zero optimizer state."""
     params = task.init(generator)
-    return InnerState(params, architecture.init_state(flat_parameters(task, params), config), 0)
+    return InnerState(params, init_optimizer_state(architecture, config, task.parameter_names, params), 0)
 
 
 def compiled(architecture: Any) -> Any:
@@ -118,7 +122,9 @@ def unroll(
     for k in range(num_steps):
         flat_grad = flat_gradient(task, loss, params, retain_graph=True, create_graph=second_order)
         step = torch.tensor(float(inner.step + k + 1))
-        direction, opt_state = architecture.update(theta, flat_grad, opt_state, step, config)
+        direction, opt_state = optimizer_step(
+            architecture, theta, config, flat_grad, opt_state, step, names=names, params=params
+        )
         penalty = regularizer(params, split_direction(task, params, direction)) if regularizer else 0.0
         params = apply_direction(task, params, direction, lr)
         loss = task.loss(params, task.sample(generator, split))

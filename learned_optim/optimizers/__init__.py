@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from learned_optim.base import LearnedOptimizer
 from learned_optim.errors import UnknownArchitectureError
+from learned_optim.optimizers.celo2 import Celo2, Celo2Config
 from learned_optim.optimizers.hamiltonian import Hamiltonian, HamiltonianConfig
 from learned_optim.optimizers.lstm import LSTMConfig, LSTMOptimizer
 from learned_optim.optimizers.rnnprop import RNNprop, RNNpropConfig
 from learned_optim.optimizers.symbolic import BUILTIN_RULES, Symbolic, SymbolicConfig
 
 ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {
-    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian, Symbolic)
+    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian, Symbolic, Celo2)
 }
 
 
@@ -28,6 +29,8 @@ def get_architecture(name: str, source: str = "config") -> type[LearnedOptimizer
 __all__ = [
     "ARCHITECTURES",
     "BUILTIN_RULES",
+    "Celo2",
+    "Celo2Config",
     "Hamiltonian",
     "HamiltonianConfig",
     "LSTMConfig",

@@ -1,0 +1,517 @@
+r"""Celo2 of Moudgil et al. 2026: a per-tensor learned optimizer with orthogonalised updates.
+
+"Celo2" (ICLR 2026, arXiv:2602.19142), as its reference PyTorch implementation (``CELO2_naive``
+in PyLO, checked by its authors against their optax code) has it. Published weights:
+``DiamondXL/celo2`` (see ``docs/celo2.md``).
+
+**Routing.** 1-D (and 0-D) parameters, and every parameter of a group flagged
+``is_embedding=True``, are updated by AdamW with moments of their own (``use_adamw_for_1d``);
+every other tensor by the learned network.
+
+**Learned path**, for a tensor p with gradient g (clipped elementwise to ±``grad_clip_val``),
+accumulators at decays β (momentum at three, RMS at one, Adafactor at three)::
+
+    m_β  = β m_β + (1 − β) g                                 momenta, β ∈ (0.9, 0.99, 0.999)
+    r    = β_r r + (1 − β_r) g²                              RMS, β_r = 0.95
+    ρ    = 1 / √(r + 1e-8)
+
+Adafactor moments over the tensor's two largest axes a (rows) and b (columns), ĝ² = g² + 1e-30::
+
+    R_β = β R_β + (1 − β) mean_a(ĝ²)            C_β = β C_β + (1 − β) mean_b(ĝ²)
+    f_R = 1 / √(R_β / (mean_b R_β + 1e-9))      f_C = 1 / √C_β            (1/√ clamps at 1e-9)
+    fac_g = g · f_R · f_C                        fac_m = m_β · f_R · f_C
+
+(a tensor with one axis keeps an unfactored V_β = β V_β + (1 − β) ĝ², fac_g = g / √(V_β + 1e-9)).
+The 30 input features, in order,
+
+    g, clip(g, ±0.1), p, m (3), r, m ρ (3), ρ, fac_g (3), g ρ,
+    R (3), C (3), 1/√(R + 1e-8) (3), 1/√(C + 1e-8) (3), fac_m (3)      (factored tensors only)
+
+are each normalised by their second moment over the tensor's last two axes,
+x ← x / √(mean(x²) + 1e-9), and feed a split-input MLP (one 1st-layer weight per feature, ReLU,
+hidden 8, two hidden layers, 3 outputs) that runs on every coordinate::
+
+    (d, s, ·) = MLP(features)
+    u = d · exp(exp_mult · s)                                 (· √(mean p² + 1e-9) if param_scale_mult)
+    u ← NewtonSchulz(u)                                       if orthogonalize, on the last two axes:
+            X ← u / (‖u‖_F + ε);  5 × { A = X Xᵀ;  X ← a X + (b A + c A²) X }    (a, b, c) = ns_coeffs
+    u ← rmsmult · u / √(mean(u²) + 1e-9)                      over the last two axes
+    p ← p − lr · (u + weight_decay · p)
+
+**AdamW path** (t counts this parameter's steps, (β1, β2) = ``adam_betas``)::
+
+    m = β1 m + (1 − β1) g,   v = β2 v + (1 − β2) g²
+    p ← p − adam_lr_mult · lr · (m/(1 − β1^t) / (√(v/(1 − β2^t)) + adam_eps) + adam_weight_decay · p)
+
+lr comes from the param group (default 1e-3), so LR schedulers drive it. ``orthogonalize=False``
+is the paper's "celo2-base". Optional global-norm clipping (``clip_grad``) scales every gradient
+by ``clip_norm / max(‖g‖, clip_norm)`` first.
+
+Per-tensor contract (``docs/per-tensor-contract.md``): the update reads the parameter and
+statistics of the whole tensor, so every engine hands it whole tensors. Non-finite gradients: the
+coordinate is left unchanged and its per-coordinate state is not advanced; the tensor's other
+coordinates update, with the non-finite entries counted as 0 in the tensor's statistics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import ParamsT
+
+from learned_optim.base import LearnedOptimizer, compute_dtype_for, config_from_dict
+
+FEATURE_DIMS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
+UNFACTORED_FEATURES = 9  # the leading feature groups; factored tensors add 5 more
+ACTIVATIONS = ("relu", "tanh")
+
+
+@dataclass(frozen=True)
+class Celo2Config:
+    """The network (the reference's ``config.json``) and the accumulators it was trained with."""
+
+    feature_dims: tuple = FEATURE_DIMS
+    ff_hidden_size: int = 8
+    ff_hidden_layers: int = 2
+    output_size: int = 3
+    activation: str = "relu"
+    initial_momentum_decays: tuple = (0.9, 0.99, 0.999)
+    initial_rms_decays: tuple = (0.95,)
+    initial_adafactor_decays: tuple = (0.9, 0.99, 0.999)
+    ns_coeffs: tuple = (3.4445, -4.7750, 2.0315)
+    ns_iters: int = 5
+    ns_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        for name in ("feature_dims", "initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "ns_coeffs", tuple(float(c) for c in self.ns_coeffs))
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"Invalid MLP activation: {self.activation}")
+        expected = (
+            1,
+            1,
+            1,
+            len(self.initial_momentum_decays),
+            len(self.initial_rms_decays),
+            len(self.initial_momentum_decays),
+            len(self.initial_rms_decays),
+            len(self.initial_adafactor_decays),
+            len(self.initial_rms_decays),
+            *[len(self.initial_adafactor_decays)] * 4,
+            len(self.initial_momentum_decays),
+        )
+        if self.feature_dims != expected:
+            raise ValueError(f"feature_dims {self.feature_dims} do not match the accumulators' features {expected}")
+        if len(self.ns_coeffs) != 3:
+            raise ValueError(f"ns_coeffs must be 3 numbers, got {self.ns_coeffs}")
+        if self.ff_hidden_layers < 1 or self.ff_hidden_size < 1 or self.output_size < 2:
+            raise ValueError("Celo2 needs ff_hidden_layers ≥ 1, ff_hidden_size ≥ 1 and output_size ≥ 2")
+
+
+# Per-group options the update reads, with the reference's names and defaults.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "weight_decay": 0.0,
+    "adam_lr_mult": 1.0,
+    "adam_weight_decay": None,  # None: the group's weight_decay
+    "adam_betas": (0.9, 0.95),
+    "adam_eps": 1e-8,
+    "use_adamw_for_1d": True,
+    "orthogonalize": True,
+    "clip_grad": False,
+    "clip_norm": 1.0,
+    "exp_mult": 0.0,
+    "rmsmult": 1.0,
+    "param_scale_mult": False,
+    "grad_clip_val": 1000.0,
+    "is_embedding": False,
+}
+
+
+def init_theta(config: Celo2Config, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Fresh network weights under the reference's names, stored (in, out) as Haiku does."""
+
+    def trunc_normal(rows: int, cols: int, std: float) -> Tensor:
+        weight = torch.empty(rows, cols)
+        if generator is None:
+            return weight.zero_()
+        normal = torch.randn(rows, cols, generator=generator)
+        while (outside := normal.abs() > 2).any():  # resample beyond two standard deviations
+            normal = torch.where(outside, torch.randn(rows, cols, generator=generator), normal)
+        return normal * std
+
+    total_in = sum(config.feature_dims)
+    theta = {
+        f"w0.{i}": trunc_normal(dim, config.ff_hidden_size, total_in**-0.5) for i, dim in enumerate(config.feature_dims)
+    }
+    theta["b0"] = torch.zeros(config.ff_hidden_size)
+    sizes = [config.ff_hidden_size] * config.ff_hidden_layers + [config.output_size]
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        theta[f"dense_w.{index}"] = trunc_normal(fan_in, fan_out, fan_in**-0.5)
+        theta[f"dense_b.{index}"] = torch.zeros(fan_out)
+    return theta
+
+
+def factored_dims(shape: tuple[int, ...] | torch.Size) -> tuple[int, int] | None:
+    """(second largest, largest) axis of ``shape`` — ties in axis order — or None below 2 axes."""
+    if len(shape) < 2:
+        return None
+    order = sorted(range(len(shape)), key=lambda axis: shape[axis])
+    return order[-2], order[-1]
+
+
+def uses_adamw(param: Tensor, options: Mapping[str, Any]) -> bool:
+    """Whether ``param`` takes the AdamW path under ``options``."""
+    return bool(options["use_adamw_for_1d"]) and (param.dim() <= 1 or bool(options["is_embedding"]))
+
+
+def init_state(param: Tensor, config: Celo2Config, options: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+    """Zero accumulators: AdamW moments, or the learned path's, feature-major ``(k, *param.shape)``.
+
+    The factored moments ``factored_row`` / ``factored_col`` are per-tensor state: shaped like the
+    parameter without its largest / second-largest axis.
+    """
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    dtype = compute_dtype_for(param.dtype)
+    shape = tuple(param.shape)
+
+    def zeros(*size: int) -> Tensor:
+        return torch.zeros(size, dtype=dtype, device=param.device)
+
+    if uses_adamw(param, options):
+        return {"exp_avg": zeros(*shape), "exp_avg_sq": zeros(*shape)}
+    state = {
+        "momentum": zeros(len(config.initial_momentum_decays), *shape),
+        "rms": zeros(len(config.initial_rms_decays), *shape),
+    }
+    factors = len(config.initial_adafactor_decays)
+    dims = factored_dims(shape)
+    if dims is None:
+        state["factored"] = zeros(factors, *shape)
+    else:
+        rows, cols = dims
+        state["factored_row"] = zeros(factors, *(n for axis, n in enumerate(shape) if axis != cols))
+        state["factored_col"] = zeros(factors, *(n for axis, n in enumerate(shape) if axis != rows))
+    return state
+
+
+# The reference network's constructor arguments (its config.json) → our config's names.
+_REFERENCE_NAMES = {"hidden_size": "ff_hidden_size", "hidden_layers": "ff_hidden_layers"}
+TENSOR_STATE = frozenset({"factored_row", "factored_col"})
+
+
+def _decays(values: tuple, like: Tensor, trailing: int) -> Tensor:
+    """Decays as a ``(k, 1, …, 1)`` tensor in ``like``'s dtype, broadcasting over ``trailing`` axes."""
+    return torch.tensor(values, dtype=torch.float32).to(like.dtype).to(like.device).view(-1, *[1] * trailing)
+
+
+def _rsqrt_floored(x: Tensor) -> Tensor:
+    return torch.rsqrt(x.clamp_min(1e-9))
+
+
+def _last_two_axes(x: Tensor, param_dim: int) -> tuple[int, ...]:
+    """The axes of the tensor's last two (or fewer) axes; all axes for a 0-D tensor."""
+    if param_dim == 0:
+        return tuple(range(x.dim()))
+    return tuple(range(x.dim() - min(param_dim, 2), x.dim()))
+
+
+def normalize_second_moment(x: Tensor, axes: tuple[int, ...], eps: float = 1e-9) -> Tensor:
+    """``x / √(mean(x²) + eps)``, the mean over ``axes``."""
+    return x * torch.rsqrt(eps + (x * x).mean(dim=axes, keepdim=True))
+
+
+def newton_schulz(x: Tensor, coeffs: tuple[float, float, float], steps: int, eps: float) -> Tensor:
+    """Approximate orthogonalisation of the matrices on ``x``'s last two axes (quintic Newton–Schulz).
+
+    Each iteration is two fused multiply-adds (``addmm``, batched over leading axes as ``baddbmm``)
+    and one Gram product, in ``x``'s dtype (float32 for float32 parameters, as the reference).
+    """
+    transposed = x.shape[-2] > x.shape[-1]
+    if transposed:
+        x = x.mT
+    x = x / (torch.linalg.norm(x, dim=(-2, -1), keepdim=True) + eps)
+    a, b, c = coeffs
+    shape = x.shape
+    batched = x.dim() > 2
+    if batched:
+        x = x.reshape(-1, *shape[-2:])
+    multiply_add = torch.baddbmm if batched else torch.addmm
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = multiply_add(x, multiply_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A²) X
+    x = x.reshape(shape)
+    return x.mT if transposed else x
+
+
+def network(theta: Mapping[str, Tensor], features: Tensor, config: Celo2Config) -> Tensor:
+    """The split-input MLP on feature-major inputs ``(in, n)``: returns ``(output_size, n)``.
+
+    The split first layer Σ_i x_i W_i is one product with the stacked W_i (the leading groups only
+    when there are fewer features).
+    """
+    activation = torch.relu if config.activation == "relu" else torch.tanh
+    width = features.shape[0]
+    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])[:width]
+    hidden = activation(first.T @ features + theta["b0"].unsqueeze(1))
+    for index in range(config.ff_hidden_layers):
+        hidden = theta[f"dense_w.{index}"].T @ hidden + theta[f"dense_b.{index}"].unsqueeze(1)
+        if index != config.ff_hidden_layers - 1:
+            hidden = activation(hidden)
+    return hidden
+
+
+def learned_step(
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    config: Celo2Config,
+    options: Mapping[str, Any],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The learned path's normalised step u (before weight decay) and new accumulators."""
+    shape, ndim = param.shape, param.dim()
+    g = grad.unsqueeze(0)
+    beta_m = _decays(config.initial_momentum_decays, g, ndim)
+    beta_r = _decays(config.initial_rms_decays, g, ndim).clamp(0.0, 1.0)
+    beta_f = _decays(config.initial_adafactor_decays, g, ndim).clamp(0.0, 1.0)
+    momentum = state["momentum"] * beta_m + (1 - beta_m) * g
+    rms = state["rms"] * beta_r + (1 - beta_r) * (g * g)
+    g_rep = g.expand(beta_f.shape[0], *shape)
+    grad_sq = g_rep * g_rep + 1e-30
+    new_state = {"momentum": momentum, "rms": rms}
+    dims = factored_dims(shape)
+    if dims is None:
+        factored = beta_f * state["factored"] + (1 - beta_f) * grad_sq
+        fac_g = g_rep * _rsqrt_floored(factored + 1e-9)
+        new_state["factored"] = factored
+    else:
+        rows, cols = dims
+        reduced = beta_f.view(-1, *[1] * (ndim - 1))
+        row = reduced * state["factored_row"] + (1 - reduced) * grad_sq.mean(dim=cols + 1)
+        col = reduced * state["factored_col"] + (1 - reduced) * grad_sq.mean(dim=rows + 1)
+        rows_in_row = 1 + (rows - 1 if rows > cols else rows)
+        row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
+        col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
+        fac_g = g_rep * row_factor * col_factor
+        new_state["factored_row"], new_state["factored_col"] = row, col
+    rsqrt = torch.rsqrt(rms + 1e-8)
+    features = [g, g.clamp(-0.1, 0.1), param.unsqueeze(0), momentum, rms, momentum * rsqrt, rsqrt, fac_g, g * rsqrt]
+    if dims is not None:
+        full = (-1, *shape)
+        row_feature = row.unsqueeze(cols + 1).expand(full)
+        col_feature = col.unsqueeze(rows + 1).expand(full)
+        features += [
+            row_feature,
+            col_feature,
+            torch.rsqrt(row_feature + 1e-8),
+            torch.rsqrt(col_feature + 1e-8),
+            momentum * row_factor * col_factor,
+        ]
+    axes = _last_two_axes(g, ndim)
+    inputs = torch.cat([normalize_second_moment(x, axes) for x in features])
+    output = network(theta, inputs.reshape(inputs.shape[0], -1), config)
+    direction, magnitude = output[0].view(shape), output[1].view(shape)
+    scale = torch.exp(magnitude * options["exp_mult"])
+    if options["param_scale_mult"]:
+        scale = torch.sqrt((param * param).mean() + 1e-9) * scale
+    step = direction * scale
+    if options["orthogonalize"] and ndim >= 2:
+        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
+    step = normalize_second_moment(step, _last_two_axes(step, ndim)) * options["rmsmult"]
+    return step, new_state
+
+
+def adamw_step(
+    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], step: Tensor | float, options: Mapping[str, Any]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """AdamW's bias-corrected step (before weight decay) and new moments."""
+    beta1, beta2 = (float(b) for b in options["adam_betas"])
+    exp_avg = state["exp_avg"] * beta1 + grad * (1 - beta1)
+    exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * (grad * grad)
+    t = torch.as_tensor(step, dtype=torch.float64)
+    bias1 = (1 - beta1**t).to(grad.dtype)
+    bias2 = (1 - beta2**t).to(grad.dtype)
+    direction = (exp_avg / bias1) / (torch.sqrt(exp_avg_sq / bias2) + options["adam_eps"])
+    return direction, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+def update(
+    theta: Mapping[str, Tensor],
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    step: Tensor | float,
+    config: Celo2Config,
+    *,
+    param: Tensor,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pure per-tensor update at 1-based ``step``: the direction D, weight decay included
+    (p ← p − lr · D), and the new state. ``grad`` is already scaled by any global-norm clip."""
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    dtype = theta["b0"].dtype
+    param = param.to(dtype)
+    finite = torch.isfinite(grad)
+    g = torch.where(finite, grad.to(dtype), 0.0).clamp(-options["grad_clip_val"], options["grad_clip_val"])
+    if uses_adamw(param, options):
+        direction, new_state = adamw_step(param, g, state, step, options)
+        decay = options["adam_weight_decay"]
+        decay = options["weight_decay"] if decay is None else decay
+        direction = options["adam_lr_mult"] * (direction + decay * param)
+    else:
+        direction, new_state = learned_step(theta, param, g, state, config, options)
+        direction = direction + options["weight_decay"] * param
+    direction = torch.where(finite, direction, 0.0)
+    for key, value in new_state.items():
+        if key not in TENSOR_STATE:
+            new_state[key] = torch.where(finite, value, state[key])
+    return direction, new_state
+
+
+def global_clip_scale(grads: list[Tensor], clip_norm: float) -> float:
+    """``clip_norm / max(‖g‖, clip_norm)`` over all gradients (optax's clip_by_global_norm)."""
+    if not grads:
+        return 1.0
+    total = sum(g.detach().float().pow(2).sum().to("cpu") for g in grads)
+    norm = math.sqrt(float(total))
+    return clip_norm / max(norm, clip_norm) if norm > 0 or clip_norm > 0 else 1.0
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """torch.optim's validation messages for the options that have one."""
+    if not options["weight_decay"] >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {options['weight_decay']}")
+    adam_decay = options["adam_weight_decay"]
+    if adam_decay is not None and not adam_decay >= 0.0:
+        raise ValueError(f"Invalid adam_weight_decay value: {adam_decay}")
+    betas = tuple(options["adam_betas"])
+    if len(betas) != 2:
+        raise ValueError(f"adam_betas must be two numbers, got {betas}")
+    for index, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    if not options["adam_eps"] >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {options['adam_eps']}")
+    if not options["adam_lr_mult"] >= 0.0:
+        raise ValueError(f"Invalid adam_lr_mult value: {options['adam_lr_mult']}")
+    if not options["clip_norm"] > 0.0:
+        raise ValueError(f"Invalid clip_norm value: {options['clip_norm']}")
+    if not options["grad_clip_val"] > 0.0:
+        raise ValueError(f"Invalid grad_clip_val value: {options['grad_clip_val']}")
+
+
+class Celo2(LearnedOptimizer):
+    __doc__ = __doc__
+    architecture = "celo2"
+    Config = Celo2Config
+    per_tensor = True
+    tensor_state = TENSOR_STATE
+    group_options = DEFAULT_OPTIONS
+    init_theta = staticmethod(init_theta)
+    init_state = staticmethod(init_state)
+    update = staticmethod(update)
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        *,
+        weight_decay: float = 0.0,
+        adam_lr_mult: float = 1.0,
+        adam_weight_decay: float | None = None,
+        adam_betas: tuple[float, float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        use_adamw_for_1d: bool = True,
+        orthogonalize: bool = True,
+        clip_grad: bool = False,
+        clip_norm: float = 1.0,
+        exp_mult: float = 0.0,
+        rmsmult: float = 1.0,
+        param_scale_mult: bool = False,
+        grad_clip_val: float = 1000.0,
+        ff_hidden_size: int | None = None,
+        ff_hidden_layers: int | None = None,
+        initial_momentum_decays: tuple[float, ...] | None = None,
+        initial_rms_decays: tuple[float, ...] | None = None,
+        initial_adafactor_decays: tuple[float, ...] | None = None,
+        ns_coeffs: tuple[float, float, float] | None = None,
+        ns_iters: int | None = None,
+        ns_eps: float | None = None,
+        maximize: bool = False,
+        config: Celo2Config | Mapping[str, Any] | None = None,
+        theta: Mapping[str, Tensor] | None = None,
+        seed: int = 0,
+        chunk_size: int | None = None,
+        fused: bool = False,
+    ) -> None:
+        options = {
+            "adam_lr_mult": adam_lr_mult,
+            "adam_weight_decay": adam_weight_decay,
+            "adam_betas": tuple(adam_betas),
+            "adam_eps": adam_eps,
+            "use_adamw_for_1d": use_adamw_for_1d,
+            "orthogonalize": orthogonalize,
+            "clip_grad": clip_grad,
+            "clip_norm": clip_norm,
+            "exp_mult": exp_mult,
+            "rmsmult": rmsmult,
+            "param_scale_mult": param_scale_mult,
+            "grad_clip_val": grad_clip_val,
+            "is_embedding": False,
+        }
+        _check_options({**options, "weight_decay": weight_decay})
+        self._options = options
+        network = {
+            "ff_hidden_size": ff_hidden_size,
+            "ff_hidden_layers": ff_hidden_layers,
+            "initial_momentum_decays": initial_momentum_decays,
+            "initial_rms_decays": initial_rms_decays,
+            "initial_adafactor_decays": initial_adafactor_decays,
+            "ns_coeffs": ns_coeffs,
+            "ns_iters": ns_iters,
+            "ns_eps": ns_eps,
+        }
+        overrides = {key: tuple(v) if isinstance(v, list) else v for key, v in network.items() if v is not None}
+        super().__init__(
+            params,
+            lr,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            config=config,
+            theta=theta,
+            seed=seed,
+            chunk_size=chunk_size,
+            fused=fused,
+            **overrides,
+        )
+
+    @classmethod
+    def config_from_reference(cls, document: Mapping[str, Any], source: str) -> Celo2Config | None:
+        """The config of a folder in the reference's format (``PyTorchModelHubMixin``: the network's
+        constructor arguments as ``config.json``, e.g. ``DiamondXL/celo2``); None for another format."""
+        network_keys = {"feature_dims", "hidden_size", "hidden_layers", "output_size", "activation"}
+        if "feature_dims" not in document or not set(document) <= network_keys:
+            return None
+        renamed = {_REFERENCE_NAMES.get(key, key): value for key, value in document.items()}
+        return config_from_dict(Celo2Config, renamed, source)
+
+    def _extra_group_defaults(self) -> dict[str, Any]:
+        return dict(self._options)
+
+    def gradient_scales(self, groups: list[dict[str, Any]]) -> dict[int, float]:
+        """Global-norm clipping: one scale over every gradient, for the groups with ``clip_grad``."""
+        clipped = {id(group): group for group in groups if group["clip_grad"]}
+        if not clipped:
+            return {}
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        return {key: global_clip_scale(grads, group["clip_norm"]) for key, group in clipped.items()}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _check_options(self.param_groups[-1])
