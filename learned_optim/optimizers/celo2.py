@@ -2,7 +2,7 @@ r"""Celo2 of Moudgil et al. 2026: a per-tensor learned optimizer with orthogonal
 
 "Celo2" (ICLR 2026, arXiv:2602.19142), as its reference PyTorch implementation (``CELO2_naive``
 in PyLO, checked by its authors against their optax code) has it. Published weights:
-``DiamondXL/celo2`` (see ``docs/celo2.md``).
+``DiamondXL/celo2`` (see ``docs/per-tensor-contract.md``).
 
 **Routing.** 1-D (and 0-D) parameters, and every parameter of a group flagged
 ``is_embedding=True``, are updated by AdamW with moments of their own (``use_adamw_for_1d``);
