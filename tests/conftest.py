@@ -58,3 +58,32 @@ def all_equal(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
 def none_equal(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> bool:
     """Same number of tensors, every one of them changed."""
     return len(xs) == len(ys) and not any(torch.equal(x, y) for x, y in zip(xs, ys, strict=True))
+
+
+class MatrixQuadraticTask:
+    """f(Θ) = ‖WΘ − Y‖²_F for a 4×6 matrix Θ: a task whose parameter takes a per-tensor optimizer's
+    matrix path (the vector quadratic's θ takes Celo2's AdamW path, where nothing is learned)."""
+
+    name = "matrix-quadratic"
+    parameter_names = ("theta",)
+
+    def init(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {
+            "theta": torch.zeros(4, 6),
+            "W": torch.randn(8, 4, generator=generator),
+            "Y": torch.randn(8, 6, generator=generator),
+        }
+
+    def sample(self, generator: torch.Generator, split: str = "train") -> None:
+        return None
+
+    def loss(self, params: dict[str, torch.Tensor], batch: None) -> torch.Tensor:
+        residual = params["W"] @ params["theta"] - params["Y"]
+        return (residual * residual).sum()
+
+
+def meta_task_for(optimizer_class: type) -> object:
+    """A quadratic whose parameter the architecture's learned network updates."""
+    from learned_optim.meta.tasks.quadratic import QuadraticTask
+
+    return MatrixQuadraticTask() if getattr(optimizer_class, "per_tensor", False) else QuadraticTask()
