@@ -393,6 +393,14 @@ def test_a_number_step_in_a_loaded_state_dict_resumes_as_a_tensor_step(optimizer
     assert all_equal(expected, parameters_of(resumed_model))
 
 
+def _after_zero_gradient_steps(model, optimizer, steps=3):
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+    return parameters_of(model)
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_zero_gradients_since_the_start_never_move_a_coordinate(optimizer_class, fused):
     """Rows frozen by zeroing their gradients stay frozen (torch's ``test_step_is_noop_for_zero_grads``);
@@ -412,11 +420,7 @@ def test_zero_gradients_since_the_start_never_move_a_coordinate(optimizer_class,
     all_zero = small_model()
     optimizer = optimizer_class(all_zero.parameters(), fused=fused)
     before = parameters_of(all_zero)
-    for _ in range(3):
-        for p in all_zero.parameters():
-            p.grad = torch.zeros_like(p)
-        optimizer.step()
-    assert all_equal(before, parameters_of(all_zero))
+    assert all_equal(before, _after_zero_gradient_steps(all_zero, optimizer))
 
 
 @pytest.mark.parametrize("name", [entry["name"] for entry in lo.list_pretrained()])
@@ -424,11 +428,7 @@ def test_shipped_weights_never_move_a_coordinate_on_zero_gradients(name):
     model = small_model()
     optimizer = lo.load(name, model.parameters())
     before = parameters_of(model)
-    for _ in range(3):
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
-        optimizer.step()
-    assert all_equal(before, parameters_of(model))
+    assert all_equal(before, _after_zero_gradient_steps(model, optimizer))
 
 
 def test_every_option_is_named_in_the_signature(optimizer_class):
