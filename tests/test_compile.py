@@ -29,7 +29,7 @@ def test_compiled_training_step_matches_eager(optimizer_class):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def _fused_matches_eager(make, steps: int = 4) -> None:
+def _fused_matches_eager(make, steps: int = 4, atol: float = 1e-6) -> None:
     """Same parameters and state, eager vs fused, over steps with a NaN gradient and an lr change."""
     torch.manual_seed(0)
     shapes = [((40, 30), torch.float32), ((7,), torch.float32), ((3, 3), torch.float64), ((5, 2), torch.bfloat16)]
@@ -49,10 +49,10 @@ def _fused_matches_eager(make, steps: int = 4) -> None:
         eager.step()
         fused.step()
     for p, q in zip(eager_params, fused_params, strict=True):
-        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=atol)
         assert torch.isfinite(q).all()
         for key, value in eager.state[p].items():
-            torch.testing.assert_close(fused.state[q][key], value, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(fused.state[q][key], value, rtol=1e-5, atol=atol)
 
 
 def test_fused_symbolic_matches_eager():
@@ -63,7 +63,10 @@ def test_fused_symbolic_matches_eager():
 
 @pytest.mark.slow
 def test_fused_matches_eager(optimizer_class):
-    _fused_matches_eager(lambda params, fused: optimizer_class(params, fused=fused))
+    # Whole-tensor updates (Celo2) orthogonalise with Newton–Schulz iterations, which amplify the
+    # rounding of reordered sums: 2e-6 on parameters of size ~1 after 4 steps.
+    atol = 1e-5 if optimizer_class.per_tensor else 1e-6
+    _fused_matches_eager(lambda params, fused: optimizer_class(params, fused=fused), atol=atol)
 
 
 @pytest.mark.slow
