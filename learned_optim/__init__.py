@@ -21,7 +21,7 @@ from learned_optim.hub import (
 # ``ARCHITECTURES``: learned_optim.optimizers is where an architecture is registered, once.
 from learned_optim.optimizers import *  # noqa: F403
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     *(name for name in optimizers.__all__ if name not in ("BUILTIN_RULES", "get_architecture")),
