@@ -52,6 +52,7 @@ DEFAULT_CHUNK_SIZE = 8192
 FUSED_VARIANT_LIMIT = 256  # compiled variants of the fused step kept per process
 # Fused steps concatenate tensors up to this size: copying them costs less than a compiled call each.
 FUSED_GROUP_NUMEL = 1 << 16
+FUSED_DEVICES = ("cpu", "cuda", "xpu")  # where torch.compile's Inductor generates kernels
 _STATE_DICT_KEY = "learned_optimizer"
 
 
@@ -307,6 +308,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 if p.grad.is_complex():
                     raise RuntimeError(f"{type(self).__name__} does not support complex gradients")
+                if group["fused"] and p.device.type not in FUSED_DEVICES:
+                    raise RuntimeError(
+                        f"`fused=True` requires all the params to be floating point Tensors of supported devices: "
+                        f"{list(FUSED_DEVICES)}, got {p.device.type}"
+                    )
                 work.append((group, p))
         together: dict[tuple[Any, ...], tuple[dict[str, Any], list[tuple[Tensor, dict[str, Tensor]]]]] = {}
         whole_tensors: list[tuple[dict[str, Any], Tensor, dict[str, Tensor]]] = []

@@ -482,3 +482,10 @@ def test_every_numeric_config_field_refuses_nan(optimizer_class):
         elif type(value) is int:
             with pytest.raises(ValueError, match="Invalid"):
                 dataclasses.replace(defaults, **{field.name: -1})
+
+
+def test_fused_refuses_parameters_on_an_unsupported_device(optimizer_class):
+    param = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    param.grad = torch.zeros(3, device="meta")
+    with pytest.raises(RuntimeError, match="`fused=True` requires"):
+        optimizer_class([param], fused=True).step()
