@@ -95,7 +95,7 @@ def test_compact_network_has_no_hidden_layer():
 def test_invalid_config_is_refused(override, message):
     with pytest.raises(ValueError, match=message):
         lo.HamiltonianConfig(**override)
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(ValueError, match=message):  # a bad value, as torch.optim raises it
         lo.Hamiltonian([torch.nn.Parameter(torch.ones(2))], **override)
 
 
