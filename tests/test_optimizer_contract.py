@@ -404,11 +404,10 @@ def _after_zero_gradient_steps(model, optimizer, steps=3):
 @pytest.mark.parametrize("fused", [False, True])
 def test_zero_gradients_since_the_start_never_move_a_coordinate(optimizer_class, fused):
     if optimizer_class is lo.Celo2:
-        pytest.xfail(
-            "Celo2 follows its reference: its features include the parameter itself, so a zero-gradient coordinate moves (open, issue 23)"
-        )
-    """Rows frozen by zeroing their gradients stay frozen (torch's ``test_step_is_noop_for_zero_grads``);
-    the other rows train, and a coordinate that has seen a gradient keeps its own dynamics."""
+        # Celo2 follows its reference: it reads the parameter, so a zero-gradient coordinate moves.
+        pytest.xfail("Celo2 moves coordinates whose gradients are zero (open, issue 23)")
+    # Rows frozen by zeroing their gradients stay frozen (torch's test_step_is_noop_for_zero_grads);
+    # the other rows train, and a coordinate that has seen a gradient keeps its own dynamics.
     model = small_model()
     frozen_rows = slice(0, 3)
     model[0].weight.register_hook(lambda grad: grad.index_fill(0, torch.arange(3), 0.0))
