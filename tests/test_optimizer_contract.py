@@ -477,9 +477,9 @@ def test_invalid_config_values_are_refused_in_torch_wording(optimizer_class, opt
 
 
 def test_every_numeric_config_field_refuses_nan(optimizer_class):
+    """Each architecture validates all its numbers, not only those listed above."""
     if optimizer_class is lo.Celo2:
         pytest.xfail("Celo2's config does not yet validate every numeric field (open, issue 23)")
-    """Each architecture validates all its numbers, not only those listed above."""
     defaults = optimizer_class.Config()
     for field in dataclasses.fields(defaults):
         value = getattr(defaults, field.name)
