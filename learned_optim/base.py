@@ -186,7 +186,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params: iterable of parameters or of param-group dicts, as for any ``torch.optim`` optimizer.
         lr: multiplies the learned step (a float, or a 0-dim tensor as torch.optim allows); 1.0 is
             the step the network was trained with.
-        weight_decay: decoupled weight decay coefficient.
+        weight_decay: decoupled weight decay: p ← p · (1 − lr · weight_decay) each step. At the
+            default lr of 1 it is the fraction decayed per step (AdamW's 0.01 at lr 1e-3 is 1e-5).
         maximize: maximize the objective instead of minimizing it.
         config: the architecture's config dataclass (or a dict of its fields); defaults otherwise.
         theta: the learned network's weights; fresh weights drawn with ``seed`` when omitted.

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import OPTIMIZERS
 from distributed_workers import STEPS, build_optimizer, model_and_batches, unroll_gradient
 
 pytestmark = [
@@ -20,6 +21,10 @@ pytestmark = [
     pytest.mark.skipif(not dist.is_available() or shutil.which("torchrun") is None, reason="needs torch.distributed"),
 ]
 WORKERS = Path(__file__).with_name("distributed_workers.py")
+# Every registered architecture, so a new one is tested under DDP and FSDP2 the day it is registered.
+ARCHITECTURE_NAMES = sorted(cls.architecture for cls in OPTIMIZERS)
+# The meta-gradient worker unrolls the flat quadratic task, which per-tensor architectures cannot read.
+FLAT_META_NAMES = sorted(cls.architecture for cls in OPTIMIZERS if not getattr(cls, "per_tensor", False))
 
 
 # Once in CI a gloo worker aborted in C++ with this message (std::terminate on a joinable thread), not
@@ -66,7 +71,7 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool) -> No
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["rnnprop", "lstm", "celo2"])
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
 def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
     launch("ddp", name, tmp_path)
     rank0, rank1 = load(tmp_path / f"ddp-{name}-rank0.pt"), load(tmp_path / f"ddp-{name}-rank1.pt")
@@ -78,7 +83,7 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
 
 
 # Celo2 is per-tensor: each rank gathers the whole tensor, its Adafactor moments and orthogonalisation.
-@pytest.mark.parametrize("name", ["rnnprop", "lstm", "celo2"])
+@pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
 def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp_path, name):
     launch("fsdp", name, tmp_path, "--checkpoint-at", 10)
     history = load(tmp_path / f"fsdp-{name}-rank0.pt")
@@ -92,7 +97,7 @@ def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp
         assert_same(original, again, exact=True)
 
 
-@pytest.mark.parametrize("name", ["lstm", "rnnprop"])
+@pytest.mark.parametrize("name", FLAT_META_NAMES)
 def test_two_process_meta_gradient_is_the_mean_of_the_single_process_gradients(tmp_path, name):
     launch("meta", name, tmp_path)
     rank0 = torch.load(tmp_path / f"meta-{name}-rank0.pt", weights_only=True)

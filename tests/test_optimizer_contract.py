@@ -108,6 +108,35 @@ def test_maximize_equals_minimizing_the_negated_loss(optimizer_class):
     assert all_equal(parameters_of(model_a), parameters_of(model_b))
 
 
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("name", [w["name"] for w in lo.list_pretrained() if w["recommendation"] == "recommended"])
+def test_recommended_weights_go_the_right_direction_with_adamw_sized_weight_decay(name, maximize):
+    """torch's test_forloop_goes_right_direction, with AdamW's decay per step (lr 1e-3 × 0.1).
+
+    The decay per step is lr · weight_decay; at the default lr of 1 that is weight_decay itself, so
+    torch's weight_decay=0.1 would shrink every weight by 10% a step and no ascent could win. (A
+    fresh, untrained network is no descent method, so this needs trained weights.)
+    """
+    torch.manual_seed(0)
+    weight, bias = torch.nn.Parameter(torch.randn(10, 5)), torch.nn.Parameter(torch.randn(10))
+    inputs = torch.randn(5)
+    optimizer = lo.load(name, [weight, bias], maximize=maximize)
+    for group in optimizer.param_groups:
+        group["weight_decay"] = 1e-4 / group["lr"]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (weight.mv(inputs) + bias).pow(2).sum()
+        loss.backward()
+        return loss
+
+    initial = closure().item()
+    for _ in range(20):
+        optimizer.step(closure)
+    final = closure().item()
+    assert final > initial if maximize else final < initial
+
+
 def test_step_with_closure_returns_the_loss(optimizer_class):
     model = small_model()
     optimizer = optimizer_class(model.parameters())
@@ -360,7 +389,13 @@ def test_invalid_arguments_are_refused(optimizer_class):
         optimizer_class(params, **{numeric: "2"})
 
 
-@pytest.mark.parametrize("optimizer_class", [lo.LSTMOptimizer, lo.RNNprop], ids=["LSTMOptimizer", "RNNprop"])
+# The recurrent architectures: those whose network has a hidden size and stacked LSTM layers.
+RECURRENT_OPTIMIZERS = [
+    cls for cls in NETWORK_OPTIMIZERS if {"hidden_size", "num_layers"} <= {f.name for f in dataclasses.fields(cls.Config)}
+]
+
+
+@pytest.mark.parametrize("optimizer_class", RECURRENT_OPTIMIZERS, ids=lambda cls: cls.__name__)
 def test_config_overrides_change_the_network(optimizer_class):
     optimizer = optimizer_class([torch.nn.Parameter(torch.zeros(2))], hidden_size=7, num_layers=1)
     assert optimizer.config.hidden_size == 7
