@@ -391,7 +391,9 @@ def test_invalid_arguments_are_refused(optimizer_class):
 
 # The recurrent architectures: those whose network has a hidden size and stacked LSTM layers.
 RECURRENT_OPTIMIZERS = [
-    cls for cls in NETWORK_OPTIMIZERS if {"hidden_size", "num_layers"} <= {f.name for f in dataclasses.fields(cls.Config)}
+    cls
+    for cls in NETWORK_OPTIMIZERS
+    if {"hidden_size", "num_layers"} <= {f.name for f in dataclasses.fields(cls.Config)}
 ]
 
 
