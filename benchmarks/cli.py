@@ -4,7 +4,12 @@ Suites: quick (the recommended learned optimizers, a few minutes), mnist, transf
 (every pretrained learned optimizer; see ``benchmarks.suites``): each learned optimizer at lr = 1
 against SGD, SGD with momentum and Adam, each at its tuned learning rate, and judged against the
 best of those three at each reported step. overhead: step time and peak memory against
-torch.optim.Adam (``benchmarks.overhead``). Each suite writes into --out (default
+torch.optim.Adam (``benchmarks.overhead``). real: ordinary PyTorch training loops (a wide ReLU CNN, a
+deep SiLU MLP, a character Transformer, an autoencoder, logistic regression) outside the
+meta-training distribution, each recommended learned optimizer at its default lr against Adam at
+1e-3 and tuned Adam and SGD with momentum, with and without a cosine schedule (schema
+learned_optim.bench.real/1, see ``benchmarks.real_suite``; about half an hour on 2 CPU cores;
+--tasks picks loops, --steps/--seeds/--tuning-seeds change the budget). Each suite writes into --out (default
 bench-results/SUITE): results.json (schema below), results.md and SUITE.png; rerunning the same
 command resumes, reusing every finished cell.
 
@@ -42,7 +47,7 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("suite", choices=[*SUITES, "overhead"])
+    parser.add_argument("suite", choices=[*SUITES, "real", "overhead"])
     parser.add_argument("--out", type=Path, help="results folder (default: bench-results/<suite>)")
     parser.add_argument(
         "--optimizers", nargs="*", help="learned optimizers (default: quick: the recommended ones; others: all)"
@@ -71,11 +76,36 @@ def main(argv: Sequence[str] | None = None, prog: str = "learned-optim bench") -
         overhead.write(overhead.run_all(names, args.sizes, steps=3, device=args.device), out, args.device, command)
         print((out / "overhead.md").read_text())
         return 0
+    if args.suite == "real":
+        return _run_real(args, out, command)
     suite = with_overrides(SUITES[args.suite], args.tasks, args.steps, args.report, args.seeds, args.tuning_seeds)
     results = run_suite(
         suite, out, args.optimizers, args.baselines, args.device, progress=not args.no_progress, command=command
     )
     paths = write_reports(results.data, out)
+    results.write()
+    print(paths[0].read_text())
+    print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
+    return 0
+
+
+def _run_real(args: argparse.Namespace, out: Path, command: str) -> int:
+    from .real_report import write_real_reports
+    from .real_suite import SEEDS, TUNING_SEEDS, run_real_suite
+
+    results = run_real_suite(
+        out,
+        optimizers=args.optimizers,
+        baselines=args.baselines,
+        loops=args.tasks,
+        steps=args.steps,
+        seeds=args.seeds or SEEDS,
+        tuning_seeds=args.tuning_seeds or TUNING_SEEDS,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command,
+    )
+    paths = write_real_reports(results.data, out)
     results.write()
     print(paths[0].read_text())
     print("written: " + ", ".join(str(p) for p in [results.path, *paths]))

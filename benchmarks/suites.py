@@ -125,12 +125,12 @@ def recommendations(names: list[str]) -> dict[str, str]:
 class Results:
     """The results JSON: cached cells plus what produced them; written atomically after each cell."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, schema: str = SCHEMA) -> None:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data and self.data.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: schema {self.data.get('schema')!r} is not {SCHEMA!r}; use another --out")
-        self.data.setdefault("schema", SCHEMA)
+        if self.data and self.data.get("schema") != schema:
+            raise ValueError(f"{path}: schema {self.data.get('schema')!r} is not {schema!r}; use another --out")
+        self.data.setdefault("schema", schema)
         self.cells: dict[str, Any] = self.data.setdefault("cells", {})
 
     def cached(self, key: str, spec: CellSpec, digest: str | None) -> dict[str, Any] | None:

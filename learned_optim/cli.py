@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.set_defaults(handler=_diagnose)
     # Listed for the help text only: main() hands `bench ...` to the suite runner's own parser.
     commands.add_parser(
-        "bench", help="benchmark suites: quick, mnist, transfer, resnet50, overhead (learned-optim bench --help)"
+        "bench", help="benchmark suites: quick, mnist, transfer, resnet50, real, overhead (learned-optim bench --help)"
     )
     return parser
 

@@ -1,0 +1,167 @@
+"""``results.md`` and ``real.png`` from the ``real`` suite's results (``benchmarks.real_suite``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .real_suite import AS_WRITTEN, TUNED, final_cell, summarize
+from .real_training import SCHEDULES
+from .report import display_name
+
+TARGET_LABELS = {
+    "never_diverges": "never diverges",
+    "beats_adam_on_every_loop": "beats Adam@1e-3 on every loop",
+    "within_5_percent_on_two_thirds": "within 5% on ≥ 2/3 of loops",
+    "step_time_within_target_on_every_loop": "step() ≤ 3× Adam-foreach on every loop",
+}
+
+
+def _value(figures: dict[str, Any], key: str, as_percent: bool = False) -> str:
+    if figures["diverged"]:
+        steps = ", ".join(str(s) for s in figures["diverged_at"] if s is not None)
+        return f"diverged (step {steps})"
+    value = figures[key]
+    scale = 100 if as_percent else 1
+    spread = "" if math.isnan(value["std"]) else f" ± {scale * value['std']:.3g}"
+    return f"{scale * value['mean']:.4g}{spread}{'%' if as_percent else ''}"
+
+
+def _yes_no(figures: dict[str, Any], key: str) -> str:
+    return "—" if key not in figures else ("yes" if figures[key] else "no")
+
+
+def loop_table(plan: dict[str, Any], by_schedule: dict[str, Any], data: dict[str, Any]) -> str:
+    accuracy = plan["metric"] == "accuracy"
+    header = [
+        "schedule", "optimizer", "lr", "train loss", f"test {plan['metric']}", "step ÷ Adam", "step() ÷ Adam-foreach",
+        "beats Adam@1e-3", "within 5% of best tuned",
+    ]  # fmt: skip
+    lines = [
+        f"### {plan['loop']}: {plan['description']}",
+        "",
+        f"{plan['steps']} steps, {plan['seeds']} seeds; data: {plan['data']}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for schedule in SCHEDULES:
+        for name, figures in by_schedule.get(schedule, {}).items():
+            label = name if name == AS_WRITTEN or name.endswith(TUNED) else display_name(name, data)
+            star = "*" if figures.get("lr_at_grid_edge") else ""
+            cells = [
+                schedule, label, f"{figures['lr']:g}{star}", _value(figures, "train_loss"),
+                _value(figures, "test_metric", as_percent=accuracy),
+                f"{figures.get('step_time_vs_adam', math.nan):.2f}×",
+                f"{figures.get('optimizer_step_vs_adam_foreach', math.nan):.2f}×",
+                _yes_no(figures, "beats_adam"), _yes_no(figures, "within_5_percent"),
+            ]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
+    lines = [
+        "| learned optimizer | schedule | diverged loops | beats Adam@1e-3 | within 5% | step() ≤ 3× | "
+        + " | ".join(TARGET_LABELS.values())
+        + " | all targets |",
+        "|---|---|---:|---:|---:|---:|" + "---|" * (len(TARGET_LABELS) + 1),
+    ]
+    for name, by_schedule in summary["targets"].items():
+        for schedule, counts in by_schedule.items():
+            n = counts["loops"]
+            met = ["yes" if counts["met"][key] else "no" for key in TARGET_LABELS]
+            lines.append(
+                f"| {display_name(name, data)} | {schedule} | {counts['diverged']}/{n} | {counts['beats_adam']}/{n} | "
+                f"{counts['within_5_percent']}/{n} | {counts['step_time_within_target']}/{n} | "
+                + " | ".join(met)
+                + f" | {'yes' if counts['all_met'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
+    env = data["environment"]
+    parts = [
+        f"# Benchmark suite `real`: {data['description']}",
+        "",
+        f"Command: `{data['command']}` at commit {env['commit']}, torch {env['torch']}, "
+        f"{env['device']} ({env['machine']}, {env['threads']} threads).",
+        "",
+        f"Protocol: {data['protocol']}",
+        "",
+        "## Targets",
+        "",
+        "Per learned optimizer and schedule, over the loops: how many loops it diverged on, beat Adam at 1e-3 on, "
+        "came within 5% of the best tuned baseline on, and had an optimizer.step() at most 3× Adam (foreach) on.",
+        "",
+        targets_table(summary, data),
+        "",
+        "## Per loop",
+        "",
+        "Mean ± std over seeds. Train loss: mean minibatch loss over the last 10% of steps. lr: the rate used "
+        "(* = at the edge of the tuning grid; tuned at a constant rate, reused under cosine). Times: medians, "
+        "relative to Adam at 1e-3 (foreach) in the same loop and schedule.",
+        "",
+    ]
+    plans = {plan["loop"]: plan for plan in data["loops"]}
+    parts += [loop_table(plans[loop], by_schedule, data) + "\n" for loop, by_schedule in summary["loops"].items()]
+    return "\n".join(parts)
+
+
+def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
+    """One panel per loop: smoothed training loss of Adam at 1e-3, tuned Adam, tuned SGD-m and each learned
+    optimizer; constant rate solid, cosine schedule dotted, one colour per optimizer; legend below the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loops = list(summary["loops"])
+    names = [AS_WRITTEN, *(b + TUNED for b in data["baselines"]), *data["learned"]]
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    columns = min(3, len(loops))
+    rows = math.ceil(len(loops) / columns)
+    width = max(5.2 * columns, 9.0)
+    legend_rows = math.ceil(len(names) * 2 / 3)
+    height = 3.8 * rows + 1.0 + 0.25 * legend_rows
+    figure, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False)
+    handles: dict[str, Any] = {}
+    plans = {plan["loop"]: plan for plan in data["loops"]}
+    cells = [cell for cell in data["cells"].values() if cell["phase"] == "final"]
+    for axis, loop in zip(axes.flat, loops, strict=False):
+        for schedule, style in zip(SCHEDULES, ("-", ":"), strict=True):
+            for name, figures in summary["loops"][loop].get(schedule, {}).items():
+                lr = None if name in data["learned"] else figures["lr"]
+                cell = final_cell(cells, plans[loop], figures["optimizer"], lr, schedule)
+                if cell is None or not cell["curve"]["step"]:
+                    continue  # a diverged run has no curve; the table names the step
+                label = f"{display_name(name, data)}, {'constant lr' if schedule == 'constant' else 'cosine schedule'}"
+                (line,) = axis.plot(
+                    cell["curve"]["step"], cell["curve"]["loss"], color=colours[name], linestyle=style, linewidth=1.5
+                )
+                handles.setdefault(label, line)
+        plan = plans[loop]
+        axis.set_title(f"{loop}\n{plan['description']}", fontsize=8.5, wrap=True)
+        axis.set(xlabel="step", ylabel="training loss (moving average)", yscale="log")
+        axis.grid(alpha=0.3, which="both")
+    for axis in list(axes.flat)[len(loops) :]:
+        axis.set_visible(False)
+    figure.suptitle(
+        "Learned optimizers in ordinary PyTorch training loops: training loss over steps (lower is better)\n"
+        f"mean over seeds; baselines at their tuned rates except Adam at 1e-3; commit {data['environment']['commit']}",
+        fontsize=11,
+    )
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, (0.2 + 0.25 * legend_rows) / height, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_real_reports(data: dict[str, Any], out: Path) -> list[Path]:
+    """``results.md`` and ``real.png`` beside ``results.json``; the summary goes into ``data``."""
+    summary = data["summary"] = summarize(data)
+    (out / "results.md").write_text(markdown(data, summary) + "\n")
+    return [out / "results.md", plot(data, summary, out / "real.png")]
