@@ -28,6 +28,7 @@ from . import runner
 from .cache import write_cells
 from .runner import EVAL_EXAMPLES, CellSpec
 from .stats import mean
+from .tuning import best
 
 # Andrychowicz et al. 2016; Lv et al. 2017. Recorded in the results file's ``meta``.
 PROTOCOL = """\
@@ -164,7 +165,7 @@ def cells_of(results: dict[str, Any], name: str, args: argparse.Namespace) -> li
 
 def best_cell(cells: list[dict[str, Any]], horizon: int) -> dict[str, Any]:
     """The cell (learning rate) with the lowest mean training loss over the first ``horizon`` steps."""
-    return min(cells, key=lambda c: sum(c["train_loss_curve"][:horizon]) / horizon)
+    return best(cells, lambda c: [sum(c["train_loss_curve"][:horizon]) / horizon])
 
 
 def best_cells(results: dict[str, Any], args: argparse.Namespace, report: list[int]) -> dict[str, dict[int, Any]]:
@@ -206,7 +207,7 @@ def table(results: dict[str, Any], args: argparse.Namespace, report: list[int]) 
     if adam:  # the hardest baseline: Adam's lowest reported loss over every rate of the grid
         values = []
         for r in report:
-            cell = min(adam, key=lambda c, r=r: mean(c["eval_loss"].get(str(r), [math.inf])))
+            cell = best(adam, lambda c, r=r: c["eval_loss"].get(str(r), [math.inf]))
             values.append(f"{summarize(cell['eval_loss'].get(str(r), [math.inf]))} ({cell['lr']:g})")
         lines.append(f"| adam, oracle lr per t | {' | '.join(values)} | |")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from learned_optim.factory import make_optimizer
 from learned_optim.meta.tasks import get_task
 
 from .l2o_eval import LR_GRID, summarize
-from .stats import mean
+from .tuning import best
 
 
 def final_losses(name: str, lr: float, seeds: int, steps: list[int]) -> dict[int, list[float]]:
@@ -52,8 +52,8 @@ def main() -> None:
     adam = {lr: final_losses("adam", lr, args.seeds, args.report) for lr in LR_GRID}
     header = "| optimizer | " + " | ".join(f"t = {t}" for t in args.report) + " |"
     lines = [header, "|---|" + "---:|" * len(args.report)]
-    best = {t: min(adam, key=lambda lr, t=t: mean(adam[lr][t])) for t in args.report}
-    tuned = " | ".join(f"{summarize(adam[best[t]][t])} ({best[t]:g})" for t in args.report)
+    chosen = {t: best(adam, lambda lr, t=t: adam[lr][t]) for t in args.report}
+    tuned = " | ".join(f"{summarize(adam[chosen[t]][t])} ({chosen[t]:g})" for t in args.report)
     lines.append(f"| adam (best lr per t) | {tuned} |")
     for name in args.weights:
         learned = final_losses(name, 1.0, args.seeds, args.report)

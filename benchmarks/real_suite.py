@@ -22,6 +22,7 @@ from .real_training import SCHEDULES, RealCellSpec, run_real_cell
 from .runner import weights_digest
 from .stats import mean, std, verdict
 from .suites import Results, learned_optimizers, recommendations
+from .tuning import at_grid_edge, best
 
 SCHEMA = "learned_optim.bench.real/1"
 DESCRIPTION = "ordinary PyTorch training loops outside the meta-training distribution"
@@ -79,7 +80,8 @@ def tuned_rate(cells: dict[str, Any], loop: str, baseline: str, grid: tuple[floa
         for key, cell in cells.items()
         if key.startswith(f"tune/{loop}/{baseline}@") and cell["lr"] in grid and cell["steps"] == steps
     ]
-    return min(tuned, key=lambda cell: mean(cell["validation_loss"]))["lr"] if tuned else None
+    chosen = best(tuned, lambda cell: cell["validation_loss"])
+    return None if chosen is None else chosen["lr"]
 
 
 def run_real_suite(
@@ -277,9 +279,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 rate = tuned_rate(data["cells"], loop, baseline, grid, plan["steps"])
                 cell = final(baseline, rate)
                 if cell is not None:
-                    rows[baseline + TUNED] = _figures(cell, reference) | {
-                        "lr_at_grid_edge": rate in (grid[0], grid[-1])
-                    }
+                    rows[baseline + TUNED] = _figures(cell, reference) | {"lr_at_grid_edge": at_grid_edge(rate, grid)}
             tuned = [row for name, row in rows.items() if name.endswith(TUNED)]
             for name in data["learned"]:
                 cell = final(name, None)

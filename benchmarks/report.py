@@ -16,6 +16,7 @@ from typing import Any
 
 from .stats import mean, std, verdict
 from .suites import TaskPlan, chosen_rates, recommendations
+from .tuning import at_grid_edge
 
 METRIC_LABELS = {"train_loss": "train loss", "test_accuracy": "test acc."}
 
@@ -56,7 +57,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                 grid = data["grids"].get(name, ())
                 figures[str(step)] = {
                     "lr": lr,
-                    "lr_at_grid_edge": tuned and lr in (max(grid), min(grid)),
+                    "lr_at_grid_edge": tuned and at_grid_edge(lr, grid),
                     **{m: {"mean": mean(at[m]), "std": std(at[m]), "per_seed": at[m]} for m in at},
                     "diverged_seeds": sum(d is not None for d in cell["diverged_at"]),
                     "step_seconds": cell["step_seconds"],

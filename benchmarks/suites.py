@@ -22,7 +22,7 @@ from learned_optim.provenance import environment
 
 from .cache import write_cells
 from .runner import CellSpec, run_cell, weights_digest
-from .stats import mean
+from .tuning import best
 
 SCHEMA = "learned_optim.bench.results/1"
 # Recorded verbatim (whitespace collapsed) in every results file, and shown in results.md.
@@ -162,7 +162,7 @@ def chosen_rates(cells: dict[str, Any], plan: TaskPlan, baseline: str, grid: tup
         and cell["steps"] == plan.steps
         and len(cell["seeds"]) == plan.tuning_seeds
     ]
-    return {r: min(tuned, key=lambda c, r=r: mean(c["at"][str(r)]["validation_loss"]))["lr"] for r in plan.report}
+    return {r: best(tuned, lambda c, r=r: c["at"][str(r)]["validation_loss"])["lr"] for r in plan.report}
 
 
 def run_suite(

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 
@@ -128,3 +129,16 @@ def test_quadratic_eval_reports_f_per_seed_and_step():
     assert [len(v) for v in losses.values()] == [2, 2]
     assert losses[5][0] != losses[5][1]  # two different task instances
     assert all(late < early for early, late in zip(losses[5], losses[50], strict=True))
+
+
+def test_the_one_tuning_rule_picks_the_lowest_mean_and_never_a_diverged_rate():
+    from benchmarks.tuning import at_grid_edge, best
+
+    scores = {0.1: [1.0, math.inf], 0.03: [0.5, 0.7], 0.01: [0.6, 0.6], 0.003: [0.6, 0.6]}
+    assert best(scores, scores.get) == 0.03
+    del scores[0.03]
+    assert best(scores, scores.get) == 0.01  # equal means: the first offered
+    assert best({1.0: [math.inf]}, {1.0: [math.inf]}.get) == 1.0  # everything diverged: still an answer
+    assert best({}, {}.get) is None
+    assert at_grid_edge(0.1, (0.1, 0.03, 0.01)) and at_grid_edge(0.01, (0.1, 0.03, 0.01))
+    assert not at_grid_edge(0.03, (0.1, 0.03, 0.01))
