@@ -526,3 +526,15 @@ def test_a_run_interrupted_mid_trajectory_resumes_to_the_same_weights(tmp_path, 
     assert [row["valid_loss"] for row in resumed.progress.history] == [
         row["valid_loss"] for row in reference.progress.history
     ]
+
+
+def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
+    """The unroll moves θ by inner_lr · direction, as Optimizer.step does by lr · direction, so the
+    recipe's inner_lr must be the lr that ``lo.load(name, params)`` defaults to."""
+    import inspect
+    from pathlib import Path
+
+    recipe = MetaTrainConfig.from_file(Path(__file__).parent.parent / "configs" / "celo2-tasks.json")
+    assert recipe.architecture == "celo2" and recipe.task == "small-tasks"
+    assert recipe.inner_lr == inspect.signature(lo.Celo2).parameters["lr"].default
+    assert recipe.imitation_epochs and recipe.imitation_lr == recipe.inner_lr  # Adam's steps at the same scale
