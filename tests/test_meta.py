@@ -538,3 +538,34 @@ def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
     assert recipe.architecture == "celo2" and recipe.task == "small-tasks"
     assert recipe.inner_lr == inspect.signature(lo.Celo2).parameters["lr"].default
     assert recipe.imitation_epochs and recipe.imitation_lr == recipe.inner_lr  # Adam's steps at the same scale
+
+
+def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypatch):
+    config = MetaTrainConfig(
+        architecture="lstm", task="quadratic", horizons=[5], unroll=5, tasks_per_step=2, seed=3, meta_lr=1e-3
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in trainer.theta.items()}
+    captured = []
+    original = MetaTrainer.meta_gradient
+
+    def capture(self, *arguments):
+        finite = original(self, *arguments)
+        captured.append([v.grad.clone() for v in self.theta.values()])
+        return finite
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    trainer.meta_trajectory(5)
+
+    # The same two instances by hand: the quadratic draws its instance at init and no batches.
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    task = get_task("quadratic")
+    inners = [start(lo.LSTMOptimizer, trainer.optimizer_config, task, generator) for _ in range(2)]
+    per_task = []
+    for inner in inners:
+        losses, _ = unroll(lo.LSTMOptimizer, theta, trainer.optimizer_config, task, inner, generator, 5)
+        per_task.append(torch.autograd.grad(meta_loss(losses), list(theta.values())))
+    (gradients,) = captured
+    for got, first, second in zip(gradients, *per_task, strict=True):
+        torch.testing.assert_close(got, (first + second) / 2, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(per_task[0][0], per_task[1][0])  # two different instances

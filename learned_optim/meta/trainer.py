@@ -570,7 +570,8 @@ class MetaTrainer:
             [row["train_loss"] for row in trained],
             label="meta-train (mean inner loss / imitation)",
         )
-        axis.plot(epochs, [row["valid_loss"] for row in history], label="meta-validation (mean inner loss)")
+        validation = "loss / loss at init" if self.distribution is not None else "mean inner loss"
+        axis.plot(epochs, [row["valid_loss"] for row in history], label=f"meta-validation ({validation})")
         for previous, row in itertools.pairwise(history):
             if row["horizon"] != previous["horizon"]:
                 axis.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
