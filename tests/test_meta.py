@@ -569,3 +569,22 @@ def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypat
     for got, first, second in zip(gradients, *per_task, strict=True):
         torch.testing.assert_close(got, (first + second) / 2, rtol=1e-5, atol=1e-8)
     assert not torch.allclose(per_task[0][0], per_task[1][0])  # two different instances
+
+
+def test_pes_forward_unroll_is_the_unroll_without_a_graph(optimizer_class):
+    from learned_optim.meta.pes import evaluate_unroll
+
+    task = meta_task_for(optimizer_class)
+    config = optimizer_class.Config()
+    theta = {
+        k: v.requires_grad_() for k, v in optimizer_class.init_theta(config, torch.Generator().manual_seed(3)).items()
+    }
+    inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
+    lr = 1e-2 if optimizer_class is lo.Celo2 else 0.1
+    expected, expected_state = unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 4, lr=lr)
+    losses, state = evaluate_unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 4, lr=lr)
+    assert not losses.requires_grad and not any(v.requires_grad for v in state.opt_state.values())
+    torch.testing.assert_close(losses, expected.detach(), rtol=1e-6, atol=0)
+    for name, value in expected_state.params.items():
+        torch.testing.assert_close(state.params[name], value.detach(), rtol=1e-6, atol=1e-8)
+    assert state.step == expected_state.step == 4
