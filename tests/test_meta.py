@@ -1,6 +1,7 @@
 """Meta-training: unrolls, imitation, curriculum, checkpoints and resume."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -435,3 +436,155 @@ def test_meta_train_config_validates_in_its_constructor(values, message):
         MetaTrainConfig(**values)
     with pytest.raises(ValueError, match=f"recipe.json: .*{message}"):
         MetaTrainConfig.from_dict(values, "recipe.json")
+
+
+def test_pes_estimate_points_along_the_gradient_of_the_whole_trajectory():
+    """After two unrolls, PES's ĝ (accumulated ξ) estimates the gradient through both, not the truncated one."""
+    from learned_optim.meta import pes
+
+    architecture, task, lr = lo.Hamiltonian, QuadraticTask(), 0.01  # 87 weights: few pairs suffice
+    config = architecture.Config()
+    theta = {
+        k: v.requires_grad_() for k, v in architecture.init_theta(config, torch.Generator().manual_seed(0)).items()
+    }
+    inner = start(architecture, config, task, torch.Generator().manual_seed(1))
+    _, middle = unroll(architecture, theta, config, task, inner, torch.Generator(), 3, lr=lr, second_order=True)
+    losses, _ = unroll(architecture, theta, config, task, middle, torch.Generator(), 3, lr=lr, second_order=True)
+    backpropagated = torch.cat([g.reshape(-1) for g in torch.autograd.grad(meta_loss(losses), list(theta.values()))])
+
+    pairs = pes.start_pairs(inner, 128, theta)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        estimate, pes_losses, pairs = pes.pes_estimate(
+            architecture, theta, config, task, pairs, generator, 3, sigma=1e-3, lr=lr
+        )
+    assert pes_losses.shape == (2 * 128, 3)
+    torch.testing.assert_close(pes_losses.mean(0), losses.detach(), rtol=1e-3, atol=0)
+    assert torch.nn.functional.cosine_similarity(estimate, backpropagated, dim=0) > 0.5
+    assert 0.5 < float(estimate.norm() / backpropagated.norm()) < 2
+
+
+DISTRIBUTION_RUN = {
+    "architecture": "celo2",
+    "task": "small-tasks",
+    "horizons": [4],
+    "unroll": 2,
+    "meta_epochs": 1,
+    "trajectories_per_epoch": 1,
+    "validation_trajectories": 1,
+    "inner_lr": 1e-3,
+    "tasks_per_step": 2,
+    "pes_particles": 2,
+    "seed": 1,
+}
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_meta_training_on_a_task_distribution_changes_the_weights(tmp_path, estimator):
+    trainer = MetaTrainer(MetaTrainConfig(**DISTRIBUTION_RUN, estimator=estimator), tmp_path)
+    initial = [v.detach().clone() for v in trainer.theta.values()]
+    result = trainer.run(progress_bar=False)
+    (record,) = result.progress.history
+    assert record["skipped_steps"] == 0 and math.isfinite(record["train_loss"])
+    assert 0 < record["valid_loss"] < 2  # relative to the loss at initialisation
+    changed = [not torch.equal(before, after) for before, after in zip(initial, result.theta.values(), strict=True)]
+    assert sum(changed) >= len(changed) // 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_a_run_interrupted_mid_trajectory_resumes_to_the_same_weights(tmp_path, monkeypatch, estimator):
+    values = {
+        **DISTRIBUTION_RUN,
+        "architecture": "hamiltonian",  # the cheapest network: the test is about the loop
+        "task": "image-mlps",
+        "inner_lr": 0.01,
+        "tasks_per_step": 1,
+        "trajectories_per_epoch": 3,
+        "estimator": estimator,
+    }
+    reference = MetaTrainer(MetaTrainConfig(**values), tmp_path / "reference").run(progress_bar=False)
+
+    calls = []
+    original = MetaTrainer._meta_step
+
+    def interrupt_on_the_fourth_step(self, *arguments):
+        calls.append(1)
+        if len(calls) == 4:  # the second trajectory, after its first outer step
+            raise Interrupted
+        original(self, *arguments)
+
+    monkeypatch.setattr(MetaTrainer, "_meta_step", interrupt_on_the_fourth_step)
+    with pytest.raises(Interrupted):
+        MetaTrainer(MetaTrainConfig(**values), tmp_path / "run").run(progress_bar=False)
+    monkeypatch.setattr(MetaTrainer, "_meta_step", original)
+    resumed = MetaTrainer(MetaTrainConfig(**values), tmp_path / "run").run(resume=True, progress_bar=False)
+    assert all_equal(list(resumed.theta.values()), list(reference.theta.values()))
+    assert [row["valid_loss"] for row in resumed.progress.history] == [
+        row["valid_loss"] for row in reference.progress.history
+    ]
+
+
+def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
+    """The unroll moves θ by inner_lr · direction, as Optimizer.step does by lr · direction, so the
+    recipe's inner_lr must be the lr that ``lo.load(name, params)`` defaults to."""
+    import inspect
+    from pathlib import Path
+
+    recipe = MetaTrainConfig.from_file(Path(__file__).parent.parent / "configs" / "celo2-tasks.json")
+    assert recipe.architecture == "celo2" and recipe.task == "small-tasks"
+    assert recipe.inner_lr == inspect.signature(lo.Celo2).parameters["lr"].default
+    assert recipe.imitation_epochs and recipe.imitation_lr == recipe.inner_lr  # Adam's steps at the same scale
+
+
+def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypatch):
+    config = MetaTrainConfig(
+        architecture="lstm", task="quadratic", horizons=[5], unroll=5, tasks_per_step=2, seed=3, meta_lr=1e-3
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    theta = {k: v.detach().clone().requires_grad_() for k, v in trainer.theta.items()}
+    captured = []
+    original = MetaTrainer.meta_gradient
+
+    def capture(self, *arguments):
+        finite = original(self, *arguments)
+        captured.append([v.grad.clone() for v in self.theta.values()])
+        return finite
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    trainer.meta_trajectory(5)
+
+    # The same two instances by hand: the quadratic draws its instance at init and no batches.
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    task = get_task("quadratic")
+    inners = [start(lo.LSTMOptimizer, trainer.optimizer_config, task, generator) for _ in range(2)]
+    per_task = []
+    for inner in inners:
+        losses, _ = unroll(lo.LSTMOptimizer, theta, trainer.optimizer_config, task, inner, generator, 5)
+        per_task.append(torch.autograd.grad(meta_loss(losses), list(theta.values())))
+    (gradients,) = captured
+    for got, first, second in zip(gradients, *per_task, strict=True):
+        torch.testing.assert_close(got, (first + second) / 2, rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(per_task[0][0], per_task[1][0])  # two different instances
+
+
+def test_pes_forward_unroll_is_the_unroll_without_a_graph(optimizer_class):
+    from learned_optim.meta.pes import evaluate_unroll
+
+    task = meta_task_for(optimizer_class)
+    config = optimizer_class.Config()
+    theta = {
+        k: v.requires_grad_() for k, v in optimizer_class.init_theta(config, torch.Generator().manual_seed(3)).items()
+    }
+    inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
+    lr = 1e-2 if optimizer_class is lo.Celo2 else 0.1
+    expected, expected_state = unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 4, lr=lr)
+    losses, state = evaluate_unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 4, lr=lr)
+    assert not losses.requires_grad and not any(v.requires_grad for v in state.opt_state.values())
+    torch.testing.assert_close(losses, expected.detach(), rtol=1e-6, atol=0)
+    for name, value in expected_state.params.items():
+        torch.testing.assert_close(state.params[name], value.detach(), rtol=1e-6, atol=1e-8)
+    assert state.step == expected_state.step == 4

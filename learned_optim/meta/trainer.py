@@ -11,9 +11,22 @@ Adam), ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017), and
 ``symmetry_weight`` adds a penalty on the updates' breaking of the task network's symmetries
 (``learned_optim.diagnostics``) to every meta-loss term.
 
+``task`` names one task or a task distribution (``learned_optim.meta.tasks.distributions``). With
+a distribution, every trajectory draws its own instance from the trainer's generator, and
+validation runs ``validation_trajectories`` instances drawn from a fixed seed, each scored by its
+loss relative to its loss at initialisation (``validate``).
+
+``estimator`` chooses the meta-gradient: ``"tbptt"`` backpropagates through each unroll;
+``"pes"`` (``learned_optim.meta.pes``) estimates the gradient of the whole trajectory from
+``pes_particles`` antithetic pairs of perturbations of scale ``pes_sigma``, with no backward pass
+through the unroll. ``tasks_per_step`` > 1 runs that many task instances side by side, one after
+another within each meta-step (no vectorisation), and averages their meta-gradients.
+
 Everything needed to continue is checkpointed atomically after every trajectory (φ, the outer
 Adam, the random generator, the curriculum position): a run killed at any moment resumes with
-``resume=True`` and ends with the same weights as an uninterrupted run.
+``resume=True`` and ends with the same weights as an uninterrupted run. A trajectory is the unit:
+one interrupted mid-way is run again from its start (its task instances and, for PES, its
+particles and ξ are drawn again from the restored generator), so no estimator state needs saving.
 
 Launched by ``torchrun`` with ``--distributed``, each rank unrolls its own task instances and the
 meta-gradients are averaged (``learned_optim.meta.distributed``); a meta-step then covers one
@@ -40,9 +53,9 @@ from tqdm.auto import tqdm
 
 from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
-from learned_optim.meta import distributed, imitation
+from learned_optim.meta import distributed, imitation, pes
 from learned_optim.meta.coordinate_split import CoordinateThreads, split_unroll
-from learned_optim.meta.tasks import TASKS, get_task
+from learned_optim.meta.tasks import TASK_DISTRIBUTIONS, TASKS, get_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
 from learned_optim.meta.unroll import InnerState, compiled, meta_loss, start, unroll
@@ -53,6 +66,7 @@ from learned_optim.validation import check_non_negative, check_positive
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 _CHECKPOINT_FORMAT = "learned_optim-checkpoint-1"
+ESTIMATORS = ("tbptt", "pes")
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,10 @@ class MetaTrainConfig:
     imitation_teacher: str = ""
     imitation_lr: float = 0.01
     imitation_epochs: int = 0
+    estimator: str = "tbptt"  # or "pes": persistent evolution strategies (learned_optim.meta.pes)
+    pes_particles: int = 8  # antithetic pairs per task instance
+    pes_sigma: float = 0.01  # standard deviation of PES's perturbations of φ
+    tasks_per_step: int = 1  # task instances whose meta-gradients each meta-step averages
     compile: bool = False  # torch.compile each inner step's update (unroll.compiled): faster, same math
     initial_weights: str = ""  # start from these weights (name or directory), e.g. to meta-tune a distilled rule
     seed: int = 0
@@ -86,15 +104,20 @@ class MetaTrainConfig:
 
     def __post_init__(self) -> None:
         get_architecture(self.architecture, "MetaTrainConfig.architecture")
-        if self.task not in TASKS:
-            raise ValueError(f"Invalid task: {self.task!r}; choose from {sorted(TASKS)}")
-        for name in ("unroll", "trajectories_per_epoch", "validation_trajectories", "patience"):
+        if self.task not in TASKS and self.task not in TASK_DISTRIBUTIONS:
+            raise ValueError(
+                f"Invalid task: {self.task!r}; choose a task from {sorted(TASKS)} "
+                f"or a task distribution from {sorted(TASK_DISTRIBUTIONS)}"
+            )
+        names = ("unroll", "trajectories_per_epoch", "validation_trajectories", "patience")
+        for name in (*names, "pes_particles", "tasks_per_step"):
             check_positive(name, getattr(self, name))
         for name in ("meta_epochs", "imitation_epochs", "validation_horizon", "rescale", "symmetry_weight"):
             check_non_negative(name, getattr(self, name))
         check_positive("meta_lr", self.meta_lr)
         check_positive("grad_clip", self.grad_clip)
         check_positive("imitation_lr", self.imitation_lr)
+        check_positive("pes_sigma", self.pes_sigma)
         check_non_negative("inner_lr", self.inner_lr)
         if not self.horizons or any(not h > 0 or h % self.unroll for h in self.horizons):
             raise ValueError(f"Invalid horizons: {self.horizons}; each must be a multiple of unroll={self.unroll}")
@@ -102,6 +125,12 @@ class MetaTrainConfig:
             raise ValueError(f"imitation_epochs needs imitation_teacher, one of {TEACHERS}")
         if self.symmetry_weight and self.rescale:
             raise ValueError("symmetry_weight and rescale cannot be combined")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"Invalid estimator: {self.estimator!r}; choose from {ESTIMATORS}")
+        if self.estimator == "pes" and (self.second_order or self.symmetry_weight):
+            raise ValueError("estimator 'pes' runs no backward pass: second_order and symmetry_weight need 'tbptt'")
+        if self.symmetry_weight and self.task in TASK_DISTRIBUTIONS:
+            raise ValueError("symmetry_weight needs one task: the symmetries are found in its network")
         if self.weighting not in ("sum", "mean", "log_sum"):
             raise ValueError(f"Invalid weighting: {self.weighting!r}; choose from sum, mean, log_sum")
 
@@ -169,6 +198,10 @@ class MetaTrainer:
                     "coordinate_threads > 1 needs first-order meta-gradients without symmetry_weight "
                     "(both couple the coordinates); use one thread per process for this config"
                 )
+            if config.estimator != "tbptt" or config.tasks_per_step > 1:
+                raise ValueError(
+                    "coordinate_threads > 1 splits one backpropagated unroll: needs estimator 'tbptt', tasks_per_step 1"
+                )
             self.coordinate_threads = CoordinateThreads(coordinate_threads)
         self.run_dir = Path(run_dir)
         self.architecture = get_architecture(config.architecture)
@@ -186,16 +219,20 @@ class MetaTrainer:
                     f"their own config: set architecture {start_from.architecture!r}, leave optimizer_config empty"
                 )
             self.optimizer_config = start_from.config
-        task = get_task(config.task, data_root)
-        self.task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
-        self.validation_task = task
+        self.data_root = data_root
+        self.distribution = TASK_DISTRIBUTIONS.get(config.task)
+        self.task = self.validation_task = None  # with a distribution, each trajectory draws its own
+        if self.distribution is None:
+            task = get_task(config.task, data_root)
+            self.task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
+            self.validation_task = task
         self.regularizer = None
         if config.symmetry_weight:
             from functools import partial
 
             from learned_optim.diagnostics.symmetry import find_symmetries, symmetry_penalty
 
-            structures = find_symmetries(task.template)
+            structures = find_symmetries(self.validation_task.template)
             penalty = partial(symmetry_penalty, structures)
             self.regularizer = lambda params, update: config.symmetry_weight * penalty(params, update)
         initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
@@ -227,15 +264,69 @@ class MetaTrainer:
             torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
             self.meta_optimizer.step()
 
+    def draw_task(self, generator: torch.Generator) -> Any:
+        """A trajectory's task: the configured one, or a new instance of the distribution (rescaled if configured)."""
+        if self.distribution is None:
+            return self.task
+        task = self.distribution.draw(generator, self.data_root)
+        return RescaledTask(task, self.config.rescale) if self.config.rescale > 0 else task
+
     def meta_trajectory(self, horizon: int) -> float:
+        """``tasks_per_step`` task instances through ``horizon`` steps, one meta-step per unroll; their mean loss."""
         config = self.config
         generator = distributed.rank_generator(self.generator)
-        inner = start(self.architecture, self.optimizer_config, self.task, generator)
+        tasks = [self.draw_task(generator) for _ in range(config.tasks_per_step)]
+        inners = [start(self.architecture, self.optimizer_config, task, generator) for task in tasks]
+        if config.estimator == "pes":
+            return self._pes_trajectory(horizon, tasks, inners, generator)
         total = 0.0
         for _ in range(horizon // config.unroll):
-            losses, inner, backward = self._unroll(self.theta, self.task, inner, generator, training=True)
-            self._meta_step(meta_loss(losses, config.weighting), backward)
-            total += float(losses.detach().mean())
+            results = [
+                self._unroll(self.theta, task, inner, generator, True)
+                for task, inner in zip(tasks, inners, strict=True)
+            ]
+            inners = [state for _, state, _ in results]
+            meta_losses = [meta_loss(losses, config.weighting) for losses, _, _ in results]
+            if len(results) == 1:
+                self._meta_step(meta_losses[0], results[0][2])
+            else:  # several instances: never a split unroll (refused in __init__), so the losses carry the graph
+                self._meta_step(torch.stack(meta_losses).mean())
+            total += sum(float(losses.detach().mean()) for losses, _, _ in results) / len(results)
+        return total / (horizon // config.unroll)
+
+    def _pes_trajectory(
+        self, horizon: int, tasks: list[Any], inners: list[InnerState], generator: torch.Generator
+    ) -> float:
+        """PES meta-steps: the estimates of every task instance's pairs averaged into φ's gradient."""
+        config = self.config
+        pairs = [pes.start_pairs(inner, config.pes_particles, self.theta) for inner in inners]
+        total = 0.0
+        for _ in range(horizon // config.unroll):
+            estimates, losses = [], []
+            for index, task in enumerate(tasks):
+                estimate, task_losses, pairs[index] = pes.pes_estimate(
+                    self.architecture,
+                    self.theta,
+                    self.optimizer_config,
+                    task,
+                    pairs[index],
+                    generator,
+                    config.unroll,
+                    sigma=config.pes_sigma,
+                    lr=config.inner_lr,
+                    weighting=config.weighting,
+                )
+                estimates.append(estimate)
+                losses.append(task_losses)
+            gradient = pes.unflatten_theta(self.theta, torch.stack(estimates).mean(0))
+
+            def set_gradient(gradient: dict[str, Tensor] = gradient) -> None:
+                for name, value in self.theta.items():
+                    value.grad = gradient[name].clone()
+
+            all_losses = torch.stack(losses)
+            self._meta_step(all_losses, set_gradient)
+            total += float(all_losses.mean())
         return total / (horizon // config.unroll)
 
     def _unroll(
@@ -268,12 +359,14 @@ class MetaTrainer:
         return losses, inner.detached(), None
 
     def imitation_trajectory(self, horizon: int) -> float:
+        """The teacher's trajectory on one task instance (drawn from the distribution, if any)."""
+        generator = distributed.rank_generator(self.generator)
         losses = imitation.imitation_trajectory(
             self.architecture,
             self.theta,
             self.optimizer_config,
-            self.task,
-            distributed.rank_generator(self.generator),
+            self.draw_task(generator),
+            generator,
             teacher=self.config.imitation_teacher,
             teacher_lr=self.config.imitation_lr,
             horizon=horizon,
@@ -284,17 +377,37 @@ class MetaTrainer:
         return sum(losses) / len(losses)
 
     def validate(self, theta: dict[str, Tensor] | None = None, horizon: int | None = None) -> float:
-        """Mean training loss over fixed ``valid``-split task instances (lower is better)."""
+        """Mean training loss over fixed ``valid``-split task instances (lower is better).
+
+        With a task distribution, each instance scores its mean training loss over the horizon
+        divided by its loss at initialisation, and the scores are averaged. Raw losses would let
+        the instances with the largest loss scale (a byte-level model starts near ln 128 ≈ 4.9, a
+        classifier near ln 10 ≈ 2.3) decide which weights are kept; the ratio is 1 for no
+        progress, 0 for a solved task, whatever the task. (A log-ratio would do as well, but lets
+        one nearly solved instance dominate the mean.)
+        """
         theta = {k: v.detach() for k, v in (theta or self.theta).items()}
         horizon = horizon or self.config.validation_horizon or self.config.horizons[self.progress.horizon_index]
         generator = torch.Generator().manual_seed(self.config.seed + 10_000)
-        total = 0.0
+        unrolls = horizon // self.config.unroll
+        total, scores = 0.0, []
         for _ in range(self.config.validation_trajectories):
-            inner = start(self.architecture, self.optimizer_config, self.validation_task, generator)
-            for _ in range(horizon // self.config.unroll):
-                losses, inner, _ = self._unroll(theta, self.validation_task, inner, generator, training=False)
-                total += float(losses.detach().mean())
-        mean = total / (self.config.validation_trajectories * (horizon // self.config.unroll))
+            task = self.validation_task or self.distribution.draw(generator, self.data_root)
+            inner = start(self.architecture, self.optimizer_config, task, generator)
+            scale = 1.0
+            if self.distribution is not None:
+                with torch.no_grad():
+                    scale = float(task.loss(inner.params, task.sample(generator, "valid")))
+            instance_total = 0.0
+            for _ in range(unrolls):
+                losses, inner, _ = self._unroll(theta, task, inner, generator, training=False)
+                instance_total += float(losses.detach().mean())
+            total += instance_total
+            scores.append(instance_total / unrolls / scale)
+        if self.distribution is None:
+            mean = total / (self.config.validation_trajectories * unrolls)
+        else:
+            mean = sum(scores) / len(scores)
         return mean if math.isfinite(mean) else math.inf
 
     # -- the loop -------------------------------------------------------------------------------
@@ -457,7 +570,8 @@ class MetaTrainer:
             [row["train_loss"] for row in trained],
             label="meta-train (mean inner loss / imitation)",
         )
-        axis.plot(epochs, [row["valid_loss"] for row in history], label="meta-validation (mean inner loss)")
+        validation = "loss / loss at init" if self.distribution is not None else "mean inner loss"
+        axis.plot(epochs, [row["valid_loss"] for row in history], label=f"meta-validation ({validation})")
         for previous, row in itertools.pairwise(history):
             if row["horizon"] != previous["horizon"]:
                 axis.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")

@@ -1,4 +1,4 @@
-"""Optimizee tasks by name: ``get_task("mnist-mlp")``."""
+"""Optimizee tasks by name: ``get_task("mnist-mlp")``; task distributions: ``get_task_distribution("small-tasks")``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from learned_optim.meta.tasks.distributions import TASK_DISTRIBUTIONS, TaskDistribution, get_task_distribution
 from learned_optim.meta.tasks.images import cnn_task, mlp_task
 from learned_optim.meta.tasks.quadratic import QuadraticTask
 from learned_optim.meta.tasks.resnet import resnet50_task
@@ -34,4 +35,4 @@ def get_task(name: str, data_root: str | None = None) -> Any:
     return factory(data_root)
 
 
-__all__ = ["TASKS", "get_task"]
+__all__ = ["TASKS", "TASK_DISTRIBUTIONS", "TaskDistribution", "get_task", "get_task_distribution"]
