@@ -62,6 +62,11 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="real: write each learned optimizer's rows into its local model card",
+    )
     return parser
 
 
@@ -107,6 +112,10 @@ def _run_real(args: argparse.Namespace, out: Path, command: str) -> int:
     )
     paths = write_real_reports(results.data, out)
     results.write()
+    if args.update_cards:
+        from .real_report import update_cards
+
+        paths += update_cards(results.data, results.data["summary"])
     print(paths[0].read_text())
     print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
     return 0

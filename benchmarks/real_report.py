@@ -165,3 +165,72 @@ def write_real_reports(data: dict[str, Any], out: Path) -> list[Path]:
     summary = data["summary"] = summarize(data)
     (out / "results.md").write_text(markdown(data, summary) + "\n")
     return [out / "results.md", plot(data, summary, out / "real.png")]
+
+
+CARD_HEADING = "### Ordinary training loops (`learned-optim bench real`)"
+
+
+def card_block(name: str, data: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The card subsection for learned optimizer ``name``: its row in every loop and schedule, beside
+    Adam at 1e-3 and the best tuned baseline, with the verdicts and where it diverged."""
+    env = data["environment"]
+    lines = [
+        CARD_HEADING,
+        "",
+        f"Untuned, at its default lr, in {len(summary['loops'])} ordinary PyTorch training loops it was not "
+        f"trained on, against Adam at 1e-3 and Adam and SGD with momentum tuned per loop (`{data['command']}`, "
+        f"commit {env['commit']}, {env['machine']}; protocol and every row: `benchmarks/results/real/results.md`). "
+        "Train loss: mean minibatch loss over the last 10% of steps, mean ± std over seeds.",
+        "",
+        "| loop | schedule | train loss | Adam@1e-3 | best tuned baseline | test metric (best tuned) | "
+        "beats Adam@1e-3 | within 5% of best tuned |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    plans = {plan["loop"]: plan for plan in data["loops"]}
+    for loop, by_schedule in summary["loops"].items():
+        accuracy = plans[loop]["metric"] == "accuracy"
+        for schedule, rows in by_schedule.items():
+            if name not in rows:
+                continue
+            figures = rows[name]
+            adam = rows.get(AS_WRITTEN)
+            best_name = figures.get("best_baseline")
+            best = rows.get(f"{best_name}{TUNED}") if best_name else None
+            best_text = "—" if best is None else f"{best_name} at {best['lr']:g}: {_value(best, 'train_loss')}"
+            metric = _value(figures, "test_metric", as_percent=accuracy)
+            if "best_metric" in figures:
+                scale = 100 if accuracy else 1
+                metric += f" ({scale * figures['best_metric']:.4g}{'%' if accuracy else ''})"
+            lines.append(
+                f"| {loop} | {schedule} | {_value(figures, 'train_loss')} | "
+                f"{'—' if adam is None else _value(adam, 'train_loss')} | {best_text} | {metric} | "
+                f"{_yes_no(figures, 'beats_adam')} | {_yes_no(figures, 'within_5_percent')} |"
+            )
+    for schedule, counts in summary["targets"].get(name, {}).items():
+        n = counts["loops"]
+        lines.append(
+            f"\n{schedule}: diverged in {counts['diverged']}/{n} loops, "
+            f"beat Adam at 1e-3 in {counts['beats_adam']}/{n}, "
+            f"within 5% of the best tuned baseline in {counts['within_5_percent']}/{n}."
+        )
+    return "\n".join(lines)
+
+
+def update_cards(data: dict[str, Any], summary: dict[str, Any]) -> list[Path]:
+    """Write ``card_block`` into the Evaluation section of every learned optimizer's local model card."""
+    from learned_optim import hub
+    from learned_optim.cards import set_subsection
+    from learned_optim.errors import WeightsError
+
+    written = []
+    for name in data["learned"]:
+        if name not in summary["targets"]:
+            continue
+        try:
+            card = hub.resolve(name, local_files_only=True) / "README.md"
+        except WeightsError:  # an architecture name, or Hub weights not on this machine: no card to write
+            continue
+        if card.exists():
+            card.write_text(set_subsection(card.read_text(), card_block(name, data, summary)))
+            written.append(card)
+    return written

@@ -158,3 +158,20 @@ def test_command_line_lists_and_runs_the_real_suite(tmp_path, capsys, monkeypatc
     assert (tmp_path / "real.png").exists()
     with pytest.raises(ValueError, match="unknown baselines or loops"):
         real_suite.run_real_suite(tmp_path, loops=["resnet"], progress=False)
+
+
+def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch):
+    from benchmarks.real_report import CARD_HEADING, update_cards
+    from learned_optim import hub
+
+    results = run_tiny(tmp_path / "results")
+    write_real_reports(results.data, tmp_path / "results")
+    card_folder = tmp_path / "hamiltonian-mnist"
+    card_folder.mkdir()
+    (card_folder / "README.md").write_text("# hamiltonian-mnist\n\n## Evaluation\n\n### Summary\n\nkept\n")
+    monkeypatch.setattr(hub, "resolve", lambda name, **options: card_folder)
+    assert update_cards(results.data, results.data["summary"]) == [card_folder / "README.md"]
+    card = (card_folder / "README.md").read_text()
+    assert "### Summary\n\nkept" in card and CARD_HEADING in card
+    rows = [line for line in card.splitlines() if line.startswith(("| mnist-logistic |", "| text-transformer |"))]
+    assert len(rows) == 2 * len(real_training.SCHEDULES)
