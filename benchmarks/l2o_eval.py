@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 import learned_optim as lo
 from learned_optim.cards import set_subsection
+from learned_optim.factory import default_lr
 from learned_optim.provenance import environment
 
 from . import runner
@@ -38,7 +39,7 @@ PROTOCOL = """\
   {1, 0.3, 0.1, …, 1e-4}; for each reported step t, each keeps the rate with the lowest mean
   training (minibatch) loss over steps 1…t and all seeds, so it gets its best rate for that
   horizon (a diverged run counts as infinite);
-* learned optimizers run at lr = 1, the step they were trained with;
+* learned optimizers run untuned at their default lr (1, the step they were trained with; Celo2: 1e-3);
 * the reported training loss at step t is the cross-entropy of the optimizee on a fixed sample
   of 4096 examples of the data it trains on, mean ± std over seeds.
 """
@@ -98,7 +99,7 @@ def main() -> None:
     out = args.out or Path("benchmarks/results") / f"l2o-{args.task}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     cells = results.setdefault("cells", {})
-    plan = [(b, lr) for b in args.baselines for lr in args.lr_grid] + [(w, 1.0) for w in args.weights]
+    plan = [(b, lr) for b in args.baselines for lr in args.lr_grid] + [(w, default_lr(w)) for w in args.weights]
     # The cells this run adds make the results file itself differ from the commit: not dirt.
     env = environment(ignore=[out])
     for optimizer, lr in tqdm(plan, desc=f"{args.task}: optimizer × lr", unit="cell"):

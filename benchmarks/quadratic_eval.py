@@ -5,7 +5,7 @@
 f(θ) = ‖Wθ − y‖² with W ~ N(0,1)^{10×10}, y ~ N(0,1)^10, θ0 = 0, fresh instances from seeds 1000,
 1001, … (meta-training draws its own from seed 0). Adam runs every rate of the grid {1, 0.3, …,
 1e-4} and keeps, for each reported step, the rate with the lowest mean f there; learned optimizers
-run at lr = 1. Prints mean ± std of f over the seeds. The task has no data, so it is outside
+run untuned at their default lr. Prints mean ± std of f over the seeds. The task has no data, so it is outside
 ``benchmarks.l2o_eval`` (which reports a loss on held-out examples).
 """
 
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from learned_optim.factory import make_optimizer
+from learned_optim.factory import default_lr, make_optimizer
 from learned_optim.meta.tasks import get_task
 
 from .l2o_eval import LR_GRID, summarize
@@ -56,7 +56,7 @@ def main() -> None:
     tuned = " | ".join(f"{summarize(adam[chosen[t]][t])} ({chosen[t]:g})" for t in args.report)
     lines.append(f"| adam (best lr per t) | {tuned} |")
     for name in args.weights:
-        learned = final_losses(name, 1.0, args.seeds, args.report)
+        learned = final_losses(name, default_lr(name), args.seeds, args.report)
         lines.append(f"| {name} | " + " | ".join(summarize(learned[t]) for t in args.report) + " |")
     print("\n".join(lines))
 

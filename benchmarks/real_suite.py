@@ -66,13 +66,6 @@ def cell_key(phase: str, spec: RealCellSpec) -> str:
     return f"{phase}/{spec.loop}/{spec.optimizer}@{lr}/{spec.schedule}/seeds={len(spec.seeds)}/steps={spec.steps}"
 
 
-def learned_digest(name: str) -> str | None:
-    """The weights' SHA-256; None for an architecture name (a fresh network drawn from its fixed seed)."""
-    import learned_optim as lo
-
-    return None if name in lo.ARCHITECTURES else weights_digest(name)
-
-
 def tuned_rate(cells: dict[str, Any], loop: str, baseline: str, grid: tuple[float, ...], steps: int) -> float | None:
     """The grid rate with the lowest mean final validation loss (None before any tuning cell finished)."""
     tuned = [
@@ -105,7 +98,7 @@ def run_real_suite(
     if unknown:
         raise ValueError(f"unknown baselines or loops {unknown}: baselines {sorted(grids)}, loops {sorted(LOOPS)}")
     learned = learned_optimizers("recommended") if optimizers is None else optimizers
-    digests = {name: learned_digest(name) for name in learned}
+    digests = {name: weights_digest(name) for name in learned}
     plans = [LOOPS[name] if steps is None else replace(LOOPS[name], steps=steps) for name in loops or LOOPS]
     data = {loop.name: loop.load_data() for loop in plans}
     results.data.update(

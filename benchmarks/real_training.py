@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from learned_optim.factory import HAND_DESIGNED
+from learned_optim.factory import make_optimizer
 
 from .real_loops import LOOPS, Loop, LoopData, sample_batch
 
@@ -53,14 +53,7 @@ def build_optimizer(name: str, params: list[torch.nn.Parameter], lr: float | Non
     A learned optimizer is a pretrained name or Hub repo (``lo.load``) or an architecture name (a
     fresh network, e.g. ``celo2``); with ``lr`` None it keeps its own default.
     """
-    if name in BASELINE_FACTORIES:
-        return HAND_DESIGNED[BASELINE_FACTORIES[name]](params, lr)
-    import learned_optim as lo
-
-    options = {} if lr is None else {"lr": lr}
-    if name in lo.ARCHITECTURES:
-        return lo.ARCHITECTURES[name](params, **options)
-    return lo.load(name, params, **options)
+    return make_optimizer(BASELINE_FACTORIES.get(name, name), params, lr)
 
 
 def _sync(device: str) -> None:

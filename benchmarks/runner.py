@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from learned_optim.factory import make_optimizer
+from learned_optim.factory import FUSED_SUFFIX, make_optimizer
 from learned_optim.meta.tasks import get_task
 
 EVAL_EXAMPLES = 4096  # fixed samples for train and validation loss; the test split is used whole
@@ -40,11 +40,16 @@ METRICS = ("train_loss", "validation_loss", "test_loss", "test_accuracy")
 OTHER_HALF = {"valid": "train", "train": "valid"}
 
 
-def weights_digest(name: str) -> str:
-    """SHA-256 of a learned optimizer's weights file: a cached result is reused only for the same weights."""
-    from learned_optim import hub
+def weights_digest(name: str) -> str | None:
+    """SHA-256 of a learned optimizer's weights file: a cached result is reused only for the same weights.
 
-    return hashlib.sha256((hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
+    None for an architecture name: a fresh network drawn from its fixed seed, always the same.
+    """
+    import learned_optim as lo
+
+    if name.removesuffix(FUSED_SUFFIX) in lo.ARCHITECTURES:
+        return None
+    return hashlib.sha256((lo.hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class CellSpec:
     report: tuple[int, ...]
     metrics: tuple[str, ...] = METRICS
     fit_split: str = "valid"
+    # Evaluation sample sizes: train and validation losses on ``eval_examples`` fixed examples, the
+    # test metrics on ``test_examples`` of the test split (None: all of it). Large models lower them.
+    eval_examples: int = EVAL_EXAMPLES
+    test_examples: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or not self.seeds:
@@ -139,9 +148,9 @@ def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dic
     per_seed_loss = vmap(train_loss)
     per_seed_eval = vmap(eval_sums, in_dims=(0, 0, None, None))
     eval_data = {
-        "train": _fixed_sample(task.split_data(spec.fit_split), EVAL_EXAMPLES),
-        "validation": _fixed_sample(task.split_data(OTHER_HALF[spec.fit_split]), EVAL_EXAMPLES),
-        "test": task.split_data("test"),
+        "train": _fixed_sample(task.split_data(spec.fit_split), spec.eval_examples),
+        "validation": _fixed_sample(task.split_data(OTHER_HALF[spec.fit_split]), spec.eval_examples),
+        "test": _fixed_sample(task.split_data("test"), spec.test_examples),
     }
 
     def evaluate(split: str) -> tuple[list[float], list[float]]:

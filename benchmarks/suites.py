@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from learned_optim.factory import default_lr
 from learned_optim.hub import list_pretrained
 from learned_optim.provenance import environment
 
 from .cache import write_cells
-from .runner import CellSpec, run_cell, weights_digest
+from .runner import EVAL_EXAMPLES, CellSpec, run_cell, weights_digest
 from .tuning import best
 
 SCHEMA = "learned_optim.bench.results/1"
@@ -33,8 +34,9 @@ PROTOCOL = """\
    does not train on); a rate with a diverged seed counts as infinite. A chosen rate at the edge
    of its grid is flagged in the table.
 2. **Rerun.** Each baseline at its chosen rate(s), and each learned optimizer of the suite at
-   lr = 1 (the step it was trained with, untuned), trains from ``seeds`` fresh seeds (1000, 1001,
-   …). The figures reported at step t come from the run at the rate chosen for t.
+   its default lr (untuned: 1 for weights trained at that step, Celo2's 1e-3), trains from
+   ``seeds`` fresh seeds (1000, 1001, …). The figures reported at step t come from the run at
+   the rate chosen for t.
 """
 TUNING_FIRST_SEED = 0
 FINAL_FIRST_SEED = 1000
@@ -53,6 +55,8 @@ class TaskPlan:
     report: tuple[int, ...]
     seeds: int
     tuning_seeds: int
+    eval_examples: int = EVAL_EXAMPLES
+    test_examples: int | None = None  # None: the whole test split
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,23 @@ SUITES: dict[str, Suite] = {
                 _mlp("fashion-cnn", 300, (100, 300), 3, 2),
             ),
         ),
+        # ResNet-50 (25.6M parameters) takes 3-5 s a step at batch 32 on 2 CPU cores: a budget of
+        # 200 steps, 1 tuning and 2 final seeds, evaluated on samples (1024 examples, 2000 test
+        # images), is about 4 hours, resumable cell by cell. --tasks cifar10-resnet50 where CIFAR-10
+        # downloads.
         Suite(
             "resnet50",
-            "torchvision ResNet-50 on CIFAR-10 if present, else Fashion-MNIST at 32x32x3; 1 seed",
-            (_mlp("fashion-resnet50", 200, (50, 200), 1, 1),),
-            grids={"sgd-momentum": (0.3, 0.1, 0.03), "adam": (0.003, 0.001, 0.0003)},
+            "torchvision ResNet-50 on Fashion-MNIST at 32x32x3, batch 32: 200 steps, 2 seeds (a CPU budget)",
+            (TaskPlan("fashion-resnet50", 200, (50, 200), 2, 1, eval_examples=1024, test_examples=2000),),
+            grids={"sgd-momentum": (0.1, 0.03, 0.01), "adam": (0.003, 0.001, 0.0003)},
+            learned="recommended",
+        ),
+        Suite(
+            "resnet50-gpu",
+            "torchvision ResNet-50 on Fashion-MNIST at 32x32x3, batch 32: 3000 steps, 3 seeds (a GPU budget)",
+            (TaskPlan("fashion-resnet50", 3000, (300, 1000, 3000), 3, 2),),
+            grids={"sgd-momentum": (0.3, 0.1, 0.03, 0.01), "adam": (0.003, 0.001, 0.0003, 0.0001)},
+            learned="recommended",
         ),
     )
 }
@@ -137,7 +153,9 @@ class Results:
         cell = self.cells.get(key)
         if cell is None:
             return None
-        same_spec = {k: cell.get(k) for k in asdict(spec)} == json.loads(json.dumps(asdict(spec)))
+        # A field added to CellSpec after a cell was computed is read at its default there.
+        recorded = {f.name: cell.get(f.name, f.default) for f in fields(CellSpec)}
+        same_spec = json.loads(json.dumps(recorded)) == json.loads(json.dumps(asdict(spec)))
         return cell if same_spec and cell.get("weights_sha256") == digest else None
 
     def write(self) -> None:
@@ -146,6 +164,10 @@ class Results:
 
 def cell_key(phase: str, spec: CellSpec) -> str:
     return f"{phase}/{spec.task}/{spec.optimizer}@{spec.lr:g}/seeds={len(spec.seeds)}/steps={spec.steps}"
+
+
+def _eval_sizes(plan: TaskPlan) -> dict[str, int | None]:
+    return {"eval_examples": plan.eval_examples, "test_examples": plan.test_examples}
 
 
 def _seeds(first: int, count: int) -> tuple[int, ...]:
@@ -184,6 +206,7 @@ def run_suite(
             f"no learning-rate grid for baselines {unknown} in suite {suite.name!r}: {sorted(suite.grids)}"
         )
     digests = {name: weights_digest(name) for name in learned}
+    lrs = {name: default_lr(name) for name in learned}  # each learned optimizer untuned, at its own default
     results.data.update(
         suite=suite.name,
         description=suite.description,
@@ -198,7 +221,7 @@ def run_suite(
     )
     tuning = [
         CellSpec(plan.task, b, lr, _seeds(TUNING_FIRST_SEED, plan.tuning_seeds), plan.steps, plan.report,
-                 metrics=("validation_loss",))
+                 metrics=("validation_loss",), **_eval_sizes(plan))
         for plan in suite.plans
         for b in baselines
         for lr in suite.grids[b]
@@ -224,8 +247,11 @@ def run_suite(
         seeds = _seeds(FINAL_FIRST_SEED, plan.seeds)
         for b in baselines:
             for lr in sorted(set(chosen_rates(results.cells, plan, b, suite.grids[b]).values()), reverse=True):
-                finals.append((CellSpec(plan.task, b, lr, seeds, plan.steps, plan.report), None))
-        finals += [(CellSpec(plan.task, name, 1.0, seeds, plan.steps, plan.report), digests[name]) for name in learned]
+                finals.append((CellSpec(plan.task, b, lr, seeds, plan.steps, plan.report, **_eval_sizes(plan)), None))
+        finals += [
+            (CellSpec(plan.task, name, lrs[name], seeds, plan.steps, plan.report, **_eval_sizes(plan)), digests[name])
+            for name in learned
+        ]
     bar.total = len(tuning) + len(finals)
     bar.refresh()
     for spec, digest in finals:

@@ -35,20 +35,28 @@ FUSED_SUFFIX = "+fused"
 def make_optimizer(spec: str, params: Iterable[Any], lr: float | None = None) -> torch.optim.Optimizer:
     """The optimizer named by ``spec`` (``name`` or ``name@lr``) over ``params``.
 
-    The learning rate is, in order: ``lr``, the ``@lr`` suffix, the name's default (1.0 for
-    learned optimizers: the step they were trained with).
+    The learning rate is, in order: ``lr``, the ``@lr`` suffix, the name's default (for a learned
+    optimizer its class's: 1.0, the step it was trained with, or Celo2's 1e-3).
     """
     name, _, lr_text = spec.partition("@")
-    if lr is None:
-        lr = float(lr_text) if lr_text else DEFAULT_LR.get(name, 1.0)
+    if lr is None and lr_text:
+        lr = float(lr_text)
     fused = name.endswith(FUSED_SUFFIX)
     name = name.removesuffix(FUSED_SUFFIX)
     if name in HAND_DESIGNED:
         if fused:
             raise ValueError(f"{spec!r}: {FUSED_SUFFIX} is for learned optimizers (torch's fused Adam: adam-fused)")
-        return HAND_DESIGNED[name](params, lr)
+        return HAND_DESIGNED[name](params, DEFAULT_LR[name] if lr is None else lr)
     import learned_optim as lo
 
+    options: dict[str, Any] = {"fused": fused} | ({} if lr is None else {"lr": lr})
     if name in lo.ARCHITECTURES:
-        return lo.ARCHITECTURES[name](params, lr=lr, fused=fused)
-    return lo.load(name, params, lr=lr, fused=fused)
+        return lo.ARCHITECTURES[name](params, **options)
+    return lo.load(name, params, **options)
+
+
+def default_lr(name: str) -> float:
+    """The learning rate ``make_optimizer(name, params)`` uses when given none."""
+    probe = torch.nn.Parameter(torch.zeros(1))
+    lr = make_optimizer(name, [probe]).param_groups[0]["lr"]
+    return float(lr)

@@ -162,7 +162,8 @@ def test_quick_runs_the_recommended_weights_and_the_others_every_one():
     recommended = suites.learned_optimizers(suites.SUITES["quick"].learned)
     assert set(recommended) < set(every) and "rnnprop-mnist" in recommended
     assert not {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"} & set(recommended)
-    assert all(suites.SUITES[name].learned == "every" for name in ("mnist", "transfer", "resnet50"))
+    assert all(suites.SUITES[name].learned == "every" for name in ("mnist", "transfer"))
+    assert all(suites.SUITES[name].learned == "recommended" for name in ("quick", "resnet50", "resnet50-gpu"))
     with pytest.raises(ValueError, match="'every' or 'recommended'"):
         suites.learned_optimizers("best")
 
@@ -202,3 +203,14 @@ def test_bench_does_not_import_the_meta_trainer():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "learned_optim.meta.tasks" in loaded  # the tasks it trains on
     assert "trainer" not in loaded and "export" not in loaded and "distill" not in loaded
+
+
+def test_cells_cached_before_the_evaluation_sizes_existed_are_still_reused(tmp_path):
+    from dataclasses import asdict
+
+    spec = CellSpec("mnist-mlp", "adam", 0.001, (0,), 3, (3,))
+    old_cell = {k: v for k, v in asdict(spec).items() if k not in ("eval_examples", "test_examples")}
+    results = suites.Results(tmp_path / "results.json")
+    results.cells["key"] = old_cell | {"weights_sha256": None}
+    assert results.cached("key", spec, None) is not None
+    assert results.cached("key", CellSpec("mnist-mlp", "adam", 0.001, (0,), 3, (3,), eval_examples=64), None) is None

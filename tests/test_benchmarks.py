@@ -142,3 +142,10 @@ def test_the_one_tuning_rule_picks_the_lowest_mean_and_never_a_diverged_rate():
     assert best({}, {}.get) is None
     assert at_grid_edge(0.1, (0.1, 0.03, 0.01)) and at_grid_edge(0.01, (0.1, 0.03, 0.01))
     assert not at_grid_edge(0.03, (0.1, 0.03, 0.01))
+
+
+def test_a_learned_optimizer_without_an_lr_gets_its_own_default():
+    from learned_optim.factory import default_lr
+
+    assert default_lr("celo2") == 1e-3 and default_lr("rnnprop-mnist") == 1.0 and default_lr("adam") == 1e-3
+    assert default_lr("sgd-momentum@0.3") == 0.3

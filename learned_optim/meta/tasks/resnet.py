@@ -31,7 +31,7 @@ def _three_channels(images: Tensor) -> Tensor:
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def resnet50_task(name: str, dataset: str, batch_size: int = 64, root: str | None = None) -> ModuleTask:
+def resnet50_task(name: str, dataset: str, batch_size: int = 32, root: str | None = None) -> ModuleTask:
     def make() -> nn.Module:
         import torchvision
 
