@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ class Results:
         if cell is None:
             return None
         # A field added to CellSpec after a cell was computed is read at its default there.
-        recorded = {f.name: cell.get(f.name, f.default) for f in fields(CellSpec)}
+        recorded = {f.name: cell.get(f.name, None if f.default is MISSING else f.default) for f in fields(type(spec))}
         same_spec = json.loads(json.dumps(recorded)) == json.loads(json.dumps(asdict(spec)))
         return cell if same_spec and cell.get("weights_sha256") == digest else None
 
