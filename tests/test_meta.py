@@ -534,7 +534,7 @@ def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
     import inspect
     from pathlib import Path
 
-    recipe = MetaTrainConfig.from_file(Path(__file__).parent.parent / "configs" / "celo2-tasks.json")
+    recipe = MetaTrainConfig.from_file(Path(__file__).parent.parent / "configs" / "celo2-small-tasks.json")
     assert recipe.architecture == "celo2" and recipe.task == "small-tasks"
     assert recipe.inner_lr == inspect.signature(lo.Celo2).parameters["lr"].default
     assert recipe.imitation_epochs and recipe.imitation_lr == recipe.inner_lr  # Adam's steps at the same scale

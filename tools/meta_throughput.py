@@ -1,6 +1,6 @@
 """Meta-training throughput on a task distribution: meta-steps and inner steps per second, per estimator.
 
-    python -m tools.meta_throughput                               # configs/celo2-tasks.json, 20 s each
+    python -m tools.meta_throughput                               # configs/celo2-small-tasks.json, 20 s each
     python -m tools.meta_throughput --seconds 60 --estimators pes --threads 2
     python -m tools.meta_throughput --recipe configs/other.json --json results.json
 
@@ -69,7 +69,7 @@ def measure(config: MetaTrainConfig, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="configs/celo2-tasks.json")
+    parser.add_argument("--recipe", default="configs/celo2-small-tasks.json")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per estimator")
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=ESTIMATORS)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
