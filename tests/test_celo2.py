@@ -208,6 +208,29 @@ def test_a_param_group_with_a_bad_option_is_refused():
         optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))], "adam_betas": (2.0, 0.9)})
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (5, 9), (9, 5), (4, 2, 3, 3), (2, 3, 5), (3, 3, 3, 3)])
+@pytest.mark.parametrize(
+    "options",
+    [{"orthogonalize": False}, {"exp_mult": 0.5, "rmsmult": 2.0, "param_scale_mult": True}],
+    ids=["base", "all-options"],
+)
+def test_the_fast_learned_step_is_the_reference_transcription(shape, options):
+    # In float64, so that only a difference in the math (not float32 rounding, which Newton–Schulz
+    # amplifies) can exceed the tolerance.
+    generator = torch.Generator().manual_seed(len(shape))
+    theta = {k: v.double() for k, v in reference_weights().items()}
+    options = {**celo2.DEFAULT_OPTIONS, **options, "use_adamw_for_1d": False}
+    param = torch.randn(shape, generator=generator, dtype=torch.float64)
+    state = celo2.init_state(param, lo.Celo2Config(), options)
+    state = {k: v + torch.rand(v.shape, generator=generator, dtype=torch.float64) for k, v in state.items()}
+    grad = torch.randn(shape, generator=generator, dtype=torch.float64)
+    fast, fast_state = celo2.learned_step(theta, param, grad, state, lo.Celo2Config(), options)
+    slow, slow_state = celo2.learned_step_reference(theta, param, grad, state, lo.Celo2Config(), options)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    for key, value in slow_state.items():
+        torch.testing.assert_close(fast_state[key], value, rtol=0, atol=1e-12)
+
+
 def test_factored_dims_break_ties_in_axis_order():
     assert celo2.factored_dims((3, 3, 3, 3)) == (2, 3)
     assert celo2.factored_dims((64, 32)) == (1, 0)

@@ -440,9 +440,6 @@ def _after_zero_gradient_steps(model, optimizer, steps=3):
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_zero_gradients_since_the_start_never_move_a_coordinate(optimizer_class, fused):
-    if optimizer_class is lo.Celo2:
-        # Celo2 follows its reference: it reads the parameter, so a zero-gradient coordinate moves.
-        pytest.xfail("Celo2 moves coordinates whose gradients are zero (open, issue 23)")
     # Rows frozen by zeroing their gradients stay frozen (torch's test_step_is_noop_for_zero_grads);
     # the other rows train, and a coordinate that has seen a gradient keeps its own dynamics.
     model = small_model()
@@ -472,8 +469,6 @@ def test_shipped_weights_never_move_a_coordinate_on_zero_gradients(name):
 
 
 def test_every_option_is_named_in_the_signature(optimizer_class):
-    if optimizer_class is lo.Celo2:
-        pytest.xfail("Celo2's signature names PyLO's options but not every config field (output_size) (open, issue 23)")
     parameters = inspect.signature(optimizer_class).parameters
     assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     options = {"lr", "weight_decay", "maximize", "config", "theta", "seed", "chunk_size", "fused"}
@@ -515,8 +510,6 @@ def test_invalid_config_values_are_refused_in_torch_wording(optimizer_class, opt
 
 def test_every_numeric_config_field_refuses_nan(optimizer_class):
     """Each architecture validates all its numbers, not only those listed above."""
-    if optimizer_class is lo.Celo2:
-        pytest.xfail("Celo2's config does not yet validate every numeric field (open, issue 23)")
     defaults = optimizer_class.Config()
     for field in dataclasses.fields(defaults):
         value = getattr(defaults, field.name)

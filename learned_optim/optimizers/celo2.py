@@ -51,6 +51,13 @@ Per-tensor contract (``docs/per-tensor-contract.md``): the update reads the para
 statistics of the whole tensor, so every engine hands it whole tensors. Non-finite gradients: the
 coordinate is left unchanged and its per-coordinate state is not advanced; the tensor's other
 coordinates update, with the non-finite entries counted as 0 in the tensor's statistics.
+
+Untouched coordinates (the torch contract, as every ``learned_optim`` optimizer keeps it): a
+coordinate whose gradient has been exactly zero since the first step does not move — the learned
+path's step is zeroed where all momenta are still exactly zero, after the tensor's normalisations, so
+every other coordinate gets the reference's numbers; the AdamW path's step is zero there already.
+Weight decay still applies to such a coordinate, as in ``torch.optim.AdamW``. (The reference moves
+them: its normalisation and orthogonalisation spread the step over the whole tensor.)
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for, config_from_dict
+from learned_optim.validation import check_beta, check_epsilon, check_non_negative, check_positive
 
 FEATURE_DIMS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
 UNFACTORED_FEATURES = 9  # the leading feature groups; factored tensors add 5 more
@@ -94,6 +102,23 @@ class Celo2Config:
         object.__setattr__(self, "ns_coeffs", tuple(float(c) for c in self.ns_coeffs))
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"Invalid MLP activation: {self.activation}")
+        check_positive("ff_hidden_size", self.ff_hidden_size)
+        check_positive("ff_hidden_layers", self.ff_hidden_layers)
+        # Two outputs at least: the direction and the magnitude.
+        if not self.output_size >= 2:
+            raise ValueError(f"Invalid output_size value: {self.output_size}")
+        # β = 1 would keep an accumulator at its zero start forever; the reference's clamp to [0, 1]
+        # hid that, so refuse it here instead.
+        for name in ("initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
+            for index, decay in enumerate(getattr(self, name)):
+                if not 0.0 <= decay < 1.0:  # check_beta's test, with the field named
+                    raise ValueError(f"Invalid beta parameter at index {index} of {name}: {decay}")
+        for coefficient in self.ns_coeffs:
+            if not math.isfinite(coefficient):
+                raise ValueError(f"Invalid ns_coeffs value: {self.ns_coeffs}")
+        check_non_negative("ns_iters", self.ns_iters)
+        # ε > 0: an all-zero step (every coordinate untouched) divides 0 by ‖0‖ + ε.
+        check_epsilon(self.ns_eps)
         expected = (
             1,
             1,
@@ -111,8 +136,6 @@ class Celo2Config:
             raise ValueError(f"feature_dims {self.feature_dims} do not match the accumulators' features {expected}")
         if len(self.ns_coeffs) != 3:
             raise ValueError(f"ns_coeffs must be 3 numbers, got {self.ns_coeffs}")
-        if self.ff_hidden_layers < 1 or self.ff_hidden_size < 1 or self.output_size < 2:
-            raise ValueError("Celo2 needs ff_hidden_layers ≥ 1, ff_hidden_size ≥ 1 and output_size ≥ 2")
 
 
 # Per-group options the update reads, with the reference's names and defaults.
@@ -267,6 +290,30 @@ def network(theta: Mapping[str, Tensor], features: Tensor, config: Celo2Config) 
     return hidden
 
 
+def _feature_rows(config: Celo2Config, groups: range | list[int]) -> list[int]:
+    """The first layer's rows (indices into the stacked ``w0.*``) of the feature groups ``groups``."""
+    offsets = [0, *itertools.accumulate(config.feature_dims)]
+    return [row for group in groups for row in range(offsets[group], offsets[group + 1])]
+
+
+def _group_means(squares: Tensor, config: Celo2Config) -> Tensor:
+    """A 0-D tensor's feature rows ``(k,)`` share their group's mean square: the reference normalises
+    a 0-D tensor's features over all axes of the feature, its group's rows included."""
+    sizes = list(config.feature_dims[:UNFACTORED_FEATURES])  # a 0-D tensor is never factored
+    means = [part.mean().expand(part.shape[0]) for part in torch.split(squares, sizes)]
+    return torch.cat(means)
+
+
+def _broadcast_hidden(weight: Tensor, features: Tensor, param_dim: int) -> Tensor:
+    """First-layer pre-activations ``(hidden, …)`` of features constant along one axis of the
+    tensor (Adafactor's row or column moments, kept at their reduced shape ``(k, …, 1, …)``): each
+    row normalised by its second moment over the tensor's last two axes — the mean of a broadcast
+    copy equals the mean over the axes it has — then multiplied into the weights."""
+    squares = (features * features).mean(dim=_last_two_axes(features, param_dim), keepdim=True)
+    normalised = features * torch.rsqrt(1e-9 + squares)
+    return torch.tensordot(weight, normalised, dims=([0], [0]))
+
+
 def learned_step(
     theta: Mapping[str, Tensor],
     param: Tensor,
@@ -275,7 +322,126 @@ def learned_step(
     config: Celo2Config,
     options: Mapping[str, Any],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The learned path's normalised step u (before weight decay) and new accumulators."""
+    """The learned path's normalised step u (before weight decay) and new accumulators.
+
+    ``learned_step_reference`` computes the same numbers the way the reference writes them; this
+    one avoids its full-size passes. The first layer is linear in each normalised feature row
+    x_k / n_k (n_k its root mean square over the last two axes): for a matrix, n_k is one number,
+    so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k, and the per-coordinate
+    rows enter one matrix product unnormalised (tensors with more axes have one n_k per matrix and
+    scale their rows). The 12 Adafactor row and column features are constant along one axis: their
+    first-layer terms are computed at the row's or column's size and broadcast once.
+    """
+    shape, ndim = param.shape, param.dim()
+    numel = param.numel()
+    g = grad.unsqueeze(0)
+    beta_m = _decays(config.initial_momentum_decays, g, ndim)
+    beta_r = _decays(config.initial_rms_decays, g, ndim)
+    beta_f = _decays(config.initial_adafactor_decays, g, ndim)
+    grad_sq = g * g
+    momentum = state["momentum"] * beta_m + (1 - beta_m) * g
+    rms = state["rms"] * beta_r + (1 - beta_r) * grad_sq
+    rsqrt = torch.rsqrt(rms + 1e-8)
+    new_state = {"momentum": momentum, "rms": rms}
+    dims = factored_dims(shape)
+    tiny_sq = grad_sq + 1e-30
+    if dims is None:
+        factored = beta_f * state["factored"] + (1 - beta_f) * tiny_sq
+        fac_g = g * _rsqrt_floored(factored + 1e-9)
+        new_state["factored"] = factored
+    else:
+        rows, cols = dims
+        reduced = beta_f.view(-1, *[1] * (ndim - 1))
+        row = reduced * state["factored_row"] + (1 - reduced) * tiny_sq.mean(dim=cols + 1)
+        col = reduced * state["factored_col"] + (1 - reduced) * tiny_sq.mean(dim=rows + 1)
+        rows_in_row = 1 + (rows - 1 if rows > cols else rows)
+        row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
+        col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
+        factor = row_factor * col_factor  # Adafactor's preconditioner, one full-size pass for g and m
+        fac_g = g * factor
+        new_state["factored_row"], new_state["factored_col"] = row, col
+    per_coordinate = [
+        g,
+        g.clamp(-0.1, 0.1),
+        param.unsqueeze(0),
+        momentum,
+        rms,
+        momentum * rsqrt,
+        rsqrt,
+        fac_g,
+        g * rsqrt,
+    ]
+    groups = list(range(UNFACTORED_FEATURES))
+    if dims is not None:
+        per_coordinate.append(momentum * factor)
+        groups.append(len(config.feature_dims) - 1)
+    features = torch.cat(per_coordinate)
+    count = features.shape[0]
+    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])
+    weight = first[_feature_rows(config, groups)]
+    # One root mean square per feature row and matrix: (count, matrices).
+    matrix = math.prod(shape[-2:]) if ndim >= 2 else max(numel, 1)
+    stacked = features.reshape(count, -1, matrix)
+    if ndim == 0:
+        squares = _group_means(features * features, config).unsqueeze(1)
+    else:
+        squares = torch.linalg.vector_norm(stacked, dim=-1).square() / matrix
+    inverse = torch.rsqrt(1e-9 + squares)
+    if inverse.shape[1] == 1:
+        hidden = (weight * inverse).T @ features.reshape(count, numel)
+    else:
+        hidden = weight.T @ (stacked * inverse.unsqueeze(-1)).reshape(count, numel)
+    hidden = hidden.view(-1, *shape)
+    bias = theta["b0"].view(-1, *[1] * ndim)
+    if dims is not None:
+        row_feature = row.unsqueeze(cols + 1)
+        col_feature = col.unsqueeze(rows + 1)
+        row_weight = first[_feature_rows(config, [9, 11])]
+        col_weight = first[_feature_rows(config, [10, 12])]
+        broadcast = _broadcast_hidden(row_weight, torch.cat([row_feature, torch.rsqrt(row_feature + 1e-8)]), ndim)
+        broadcast = (
+            broadcast
+            + bias
+            + _broadcast_hidden(col_weight, torch.cat([col_feature, torch.rsqrt(col_feature + 1e-8)]), ndim)
+        )
+        hidden = hidden + broadcast
+    else:
+        hidden = hidden + bias
+    activation = torch.relu if config.activation == "relu" else torch.tanh
+    hidden = activation(hidden).reshape(-1, numel)
+    for index in range(config.ff_hidden_layers):
+        weight, bias = theta[f"dense_w.{index}"], theta[f"dense_b.{index}"]
+        if index == config.ff_hidden_layers - 1:  # only the direction and magnitude outputs are read
+            outputs = 1 if options["exp_mult"] == 0 else 2
+            weight, bias = weight[:, :outputs], bias[:outputs]
+        hidden = torch.addmm(bias.unsqueeze(1), weight.T, hidden)
+        if index != config.ff_hidden_layers - 1:
+            hidden = activation(hidden)
+    step = hidden[0].view(shape)
+    if options["exp_mult"] != 0:  # exp(0 · magnitude) is exactly 1 for the network's finite outputs
+        step = step * torch.exp(hidden[1].view(shape) * options["exp_mult"])
+    if options["param_scale_mult"]:
+        step = torch.sqrt((param * param).mean() + 1e-9) * step
+    if options["orthogonalize"] and ndim >= 2:
+        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
+    axes = _last_two_axes(step, ndim)
+    scale = torch.rsqrt(1e-9 + (step * step).mean(dim=axes, keepdim=True))
+    if options["rmsmult"] != 1:
+        scale = scale * options["rmsmult"]
+    return step * scale, new_state
+
+
+def learned_step_reference(
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    config: Celo2Config,
+    options: Mapping[str, Any],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The learned path's normalised step u (before weight decay) and new accumulators, written as
+    the reference computes them: 30 normalised feature rows, then the MLP. ``learned_step`` computes
+    the same numbers (to float rounding) faster; the tests hold it to this transcription."""
     shape, ndim = param.shape, param.dim()
     g = grad.unsqueeze(0)
     beta_m = _decays(config.initial_momentum_decays, g, ndim)
@@ -339,6 +505,8 @@ def adamw_step(
     bias1 = (1 - beta1**t).to(grad.dtype)
     bias2 = (1 - beta2**t).to(grad.dtype)
     direction = (exp_avg / bias1) / (torch.sqrt(exp_avg_sq / bias2) + options["adam_eps"])
+    if options["adam_eps"] == 0:  # 0 / 0 where the gradient has been zero: such a coordinate stays
+        direction = torch.where(exp_avg == 0, 0.0, direction)
     return direction, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
@@ -356,9 +524,18 @@ def update(
     (p ← p − lr · D), and the new state. ``grad`` is already scaled by any global-norm clip."""
     options = {**DEFAULT_OPTIONS, **(options or {})}
     dtype = theta["b0"].dtype
-    param = param.to(dtype)
-    finite = torch.isfinite(grad)
-    g = torch.where(finite, grad.to(dtype), 0.0).clamp(-options["grad_clip_val"], options["grad_clip_val"])
+    # Contiguous, so a transposed parameter gets the same reductions (bit for bit) as its copy.
+    param = param.to(dtype).contiguous()
+    grad = grad.to(dtype).contiguous()
+    # Masking non-finite gradients costs full passes over the gradient, step and state. Eager on
+    # the CPU, skip it when every gradient is finite (a finite sum proves it; an overflowing sum
+    # only masks needlessly), as the coordinatewise engine does; compiled, or on an accelerator
+    # (where reading the sum would wait for the device), always mask: the result is the same.
+    mask = torch.compiler.is_compiling() or grad.device.type != "cpu" or not bool(torch.isfinite(grad.sum()))
+    if mask:
+        finite = torch.isfinite(grad)
+        grad = torch.where(finite, grad, 0.0)
+    g = grad.clamp(-options["grad_clip_val"], options["grad_clip_val"])
     if uses_adamw(param, options):
         direction, new_state = adamw_step(param, g, state, step, options)
         decay = options["adam_weight_decay"]
@@ -366,11 +543,17 @@ def update(
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
         direction, new_state = learned_step(theta, param, g, state, config, options)
-        direction = direction + options["weight_decay"] * param
-    direction = torch.where(finite, direction, 0.0)
-    for key, value in new_state.items():
-        if key not in TENSOR_STATE:
-            new_state[key] = torch.where(finite, value, state[key])
+        # The normalisations spread the step over every coordinate; one whose momenta are all
+        # still exactly zero has never seen a gradient and stays put (learned_optim/features/
+        # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
+        direction = torch.where((new_state["momentum"] == 0).all(dim=0), 0.0, direction)
+        if options["weight_decay"] != 0:
+            direction = direction + options["weight_decay"] * param
+    if mask:
+        direction = torch.where(finite, direction, 0.0)
+        for key, value in new_state.items():
+            if key not in TENSOR_STATE:
+                new_state[key] = torch.where(finite, value, state[key])
     return direction, new_state
 
 
@@ -384,26 +567,24 @@ def global_clip_scale(grads: list[Tensor], clip_norm: float) -> float:
 
 
 def _check_options(options: Mapping[str, Any]) -> None:
-    """torch.optim's validation messages for the options that have one."""
-    if not options["weight_decay"] >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {options['weight_decay']}")
-    adam_decay = options["adam_weight_decay"]
-    if adam_decay is not None and not adam_decay >= 0.0:
-        raise ValueError(f"Invalid adam_weight_decay value: {adam_decay}")
+    """torch.optim's validation messages for the per-group options."""
+    check_non_negative("weight_decay", options["weight_decay"])
+    if options["adam_weight_decay"] is not None:
+        check_non_negative("adam_weight_decay", options["adam_weight_decay"])
     betas = tuple(options["adam_betas"])
     if len(betas) != 2:
         raise ValueError(f"adam_betas must be two numbers, got {betas}")
     for index, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+        check_beta(index, beta)
+    # torch.optim.Adam accepts ε = 0; so do we (an untouched coordinate is masked, never 0/0).
     if not options["adam_eps"] >= 0.0:
         raise ValueError(f"Invalid epsilon value: {options['adam_eps']}")
-    if not options["adam_lr_mult"] >= 0.0:
-        raise ValueError(f"Invalid adam_lr_mult value: {options['adam_lr_mult']}")
-    if not options["clip_norm"] > 0.0:
-        raise ValueError(f"Invalid clip_norm value: {options['clip_norm']}")
-    if not options["grad_clip_val"] > 0.0:
-        raise ValueError(f"Invalid grad_clip_val value: {options['grad_clip_val']}")
+    check_non_negative("adam_lr_mult", options["adam_lr_mult"])
+    check_positive("clip_norm", options["clip_norm"])
+    check_positive("grad_clip_val", options["grad_clip_val"])
+    for name in ("exp_mult", "rmsmult"):
+        if not math.isfinite(options[name]):
+            raise ValueError(f"Invalid {name} value: {options[name]}")
 
 
 class Celo2(LearnedOptimizer):
@@ -443,6 +624,9 @@ class Celo2(LearnedOptimizer):
         ns_coeffs: tuple[float, float, float] | None = None,
         ns_iters: int | None = None,
         ns_eps: float | None = None,
+        feature_dims: tuple[int, ...] | None = None,
+        output_size: int | None = None,
+        activation: str | None = None,
         maximize: bool = False,
         config: Celo2Config | Mapping[str, Any] | None = None,
         theta: Mapping[str, Tensor] | None = None,
@@ -476,6 +660,9 @@ class Celo2(LearnedOptimizer):
             "ns_coeffs": ns_coeffs,
             "ns_iters": ns_iters,
             "ns_eps": ns_eps,
+            "feature_dims": feature_dims,
+            "output_size": output_size,
+            "activation": activation,
         }
         overrides = {key: tuple(v) if isinstance(v, list) else v for key, v in network.items() if v is not None}
         super().__init__(
