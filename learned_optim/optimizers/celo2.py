@@ -542,7 +542,10 @@ def update(
         decay = options["weight_decay"] if decay is None else decay
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
-        direction, new_state = learned_step(theta, param, g, state, config, options)
+        # Compiled, the reference transcription: Inductor fuses its full-size passes itself, and
+        # with dynamic shapes it miscompiles the folded form (NaN steps, torch 2.14).
+        step_function = learned_step_reference if torch.compiler.is_compiling() else learned_step
+        direction, new_state = step_function(theta, param, g, state, config, options)
         # The normalisations spread the step over every coordinate; one whose momenta are all
         # still exactly zero has never seen a gradient and stays put (learned_optim/features/
         # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
