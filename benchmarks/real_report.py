@@ -8,7 +8,7 @@ from typing import Any
 
 from .real_suite import AS_WRITTEN, TUNED, final_cell, summarize
 from .real_training import SCHEDULES
-from .report import display_name
+from .report import display_name, header
 
 TARGET_LABELS = {
     "never_diverges": "never diverges",
@@ -82,15 +82,8 @@ def targets_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
 
 
 def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
-    env = data["environment"]
     parts = [
-        f"# Benchmark suite `real`: {data['description']}",
-        "",
-        f"Command: `{data['command']}` at commit {env['commit']}, torch {env['torch']}, "
-        f"{env['device']} ({env['machine']}, {env['threads']} threads).",
-        "",
-        f"Protocol: {data['protocol']}",
-        "",
+        *header(data),
         "## Targets",
         "",
         "Per learned optimizer and schedule, over the loops: how many loops it diverged on, beat Adam at 1e-3 on, "

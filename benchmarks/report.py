@@ -155,9 +155,10 @@ def verdict_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
+def header(data: dict[str, Any]) -> list[str]:
+    """A results.md's first lines: the suite, and the command, commit, machine and protocol behind it."""
     env = data["environment"]
-    parts = [
+    return [
         f"# Benchmark suite `{data['suite']}`: {data['description']}",
         "",
         f"Command: `{data['command']}` at commit {env['commit']}, torch {env['torch']}, "
@@ -165,6 +166,12 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"Protocol: {data['protocol']}",
         "",
+    ]
+
+
+def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
+    parts = [
+        *header(data),
         "## Learned optimizers against the best tuned baseline",
         "",
         "At each step t the best tuned baseline is whichever of SGD, SGD with momentum and Adam (each at its tuned "
