@@ -14,11 +14,11 @@ import torch
 from conftest import MatrixQuadraticTask, all_equal, meta_task_for
 
 import learned_optim as lo
+from learned_optim.meta import trainer as trainer_module
 from learned_optim.meta.imitation import imitation_trajectory
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.quadratic import QuadraticTask
 from learned_optim.meta.tasks.rescaled import RescaledTask
-from learned_optim.meta import trainer as trainer_module
 from learned_optim.meta.trainer import CHECKPOINT_NAME, MetaTrainConfig, MetaTrainer
 from learned_optim.meta.unroll import compiled, meta_loss, start, unroll
 
