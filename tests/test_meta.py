@@ -14,6 +14,7 @@ import torch
 from conftest import MatrixQuadraticTask, all_equal, meta_task_for
 
 import learned_optim as lo
+from learned_optim.meta import trainer as trainer_module
 from learned_optim.meta.imitation import imitation_trajectory
 from learned_optim.meta.tasks import get_task
 from learned_optim.meta.tasks.quadratic import QuadraticTask
@@ -495,18 +496,32 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
-def test_a_run_interrupted_mid_trajectory_resumes_to_the_same_weights(tmp_path, monkeypatch, estimator):
+def counted(function, calls):
+    """``function``, appending its arguments to ``calls`` on every call."""
+
+    def wrapper(*arguments, **keywords):
+        calls.append(arguments)
+        return function(*arguments, **keywords)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(("estimator", "stacked"), [("tbptt", False), ("pes", False), ("tbptt", True)])
+def test_a_run_interrupted_mid_trajectory_resumes_to_the_same_weights(tmp_path, monkeypatch, estimator, stacked):
     values = {
         **DISTRIBUTION_RUN,
         "architecture": "hamiltonian",  # the cheapest network: the test is about the loop
         "task": "image-mlps",
         "inner_lr": 0.01,
-        "tasks_per_step": 1,
+        "tasks_per_step": 2 if stacked else 1,
+        "same_spec_per_step": stacked,
         "trajectories_per_epoch": 3,
         "estimator": estimator,
     }
+    stacked_unrolls = []
+    monkeypatch.setattr(trainer_module, "stacked_unroll", counted(trainer_module.stacked_unroll, stacked_unrolls))
     reference = MetaTrainer(MetaTrainConfig(**values), tmp_path / "reference").run(progress_bar=False)
+    assert len(stacked_unrolls) == (6 if stacked else 0)  # 3 trajectories of 2 unrolls
 
     calls = []
     original = MetaTrainer._meta_step
@@ -542,7 +557,14 @@ def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
 
 def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypatch):
     config = MetaTrainConfig(
-        architecture="lstm", task="quadratic", horizons=[5], unroll=5, tasks_per_step=2, seed=3, meta_lr=1e-3
+        architecture="lstm",
+        task="quadratic",
+        horizons=[5],
+        unroll=5,
+        tasks_per_step=2,
+        seed=3,
+        meta_lr=1e-3,
+        stack_task_instances=False,  # the sequential path; the stacked one is compared with it below
     )
     trainer = MetaTrainer(config, tmp_path)
     theta = {k: v.detach().clone().requires_grad_() for k, v in trainer.theta.items()}
@@ -588,3 +610,62 @@ def test_pes_forward_unroll_is_the_unroll_without_a_graph(optimizer_class):
     for name, value in expected_state.params.items():
         torch.testing.assert_close(state.params[name], value.detach(), rtol=1e-6, atol=1e-8)
     assert state.step == expected_state.step == 4
+
+
+def _first_meta_gradient(monkeypatch, config, run_dir):
+    """φ's gradient at the first meta-step of a trajectory, and the number of stacked unrolls run."""
+    trainer = MetaTrainer(config, run_dir)
+    stacked_unrolls, captured = [], []
+    monkeypatch.setattr(trainer_module, "stacked_unroll", counted(trainer_module.stacked_unroll, stacked_unrolls))
+    original = MetaTrainer.meta_gradient
+
+    def capture(self, *arguments):
+        finite = original(self, *arguments)
+        captured.append([v.grad.clone() for v in self.theta.values()])
+        return finite
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    trainer.meta_trajectory(config.unroll)
+    monkeypatch.undo()
+    (gradient,) = captured
+    return gradient, len(stacked_unrolls)
+
+
+STACKED_CASES = [
+    # coordinatewise: the instances' flat vectors joined into one for the shared network
+    {"architecture": "rnnprop", "task": "quadratic"},
+    # per tensor: the learned (matrix) path on an MLP's weights, the update instance by instance
+    {"architecture": "celo2", "task": "image-mlps", "same_spec_per_step": True, "inner_lr": 1e-3},
+]
+
+
+@pytest.mark.parametrize("case", STACKED_CASES, ids=lambda case: case["architecture"])
+def test_stacked_tasks_per_step_gives_the_sequential_meta_gradient(tmp_path, monkeypatch, case):
+    values = {"horizons": [3], "unroll": 3, "tasks_per_step": 3, "seed": 5, **case}
+    stacked, stacked_unrolls = _first_meta_gradient(monkeypatch, MetaTrainConfig(**values), tmp_path / "a")
+    sequential, none = _first_meta_gradient(
+        monkeypatch, MetaTrainConfig(**values, stack_task_instances=False), tmp_path / "b"
+    )
+    assert (stacked_unrolls, none) == (1, 0)
+    # Relative to each tensor's norm: the batched kernels round differently, and a coordinate
+    # whose gradient nearly cancels keeps only the absolute rounding error.
+    for got, expected in zip(stacked, sequential, strict=True):
+        assert float((got - expected).norm()) <= 1e-5 * float(expected.norm())
+    assert sum(bool(g.abs().max() > 0) for g in sequential) >= len(sequential) // 2  # the learned weights get one
+    # One instance alone gives another gradient: the comparison covers the average of several.
+    alone, _ = _first_meta_gradient(monkeypatch, MetaTrainConfig(**{**values, "tasks_per_step": 1}), tmp_path / "c")
+    assert not all(torch.allclose(a, b, rtol=1e-3) for a, b in zip(alone, sequential, strict=True))
+
+
+def test_same_spec_per_step_draws_instances_of_one_spec_that_are_then_stacked(tmp_path):
+    values = {"architecture": "hamiltonian", "task": "small-tasks", "tasks_per_step": 3, "seed": 2}
+    shared = MetaTrainer(MetaTrainConfig(**values, same_spec_per_step=True), tmp_path / "a")
+    tasks = shared.draw_step_tasks(torch.Generator().manual_seed(0))
+    assert len(tasks) == 3 and all(task is tasks[0] for task in tasks) and shared.stacks(tasks)
+    generator = torch.Generator().manual_seed(1)
+    first, second = (tasks[0].init(generator) for _ in range(2))
+    assert not all_equal(list(first.values()), list(second.values()))  # instances differ in their initialisation
+
+    independent = MetaTrainer(MetaTrainConfig(**values), tmp_path / "b")
+    tasks = independent.draw_step_tasks(torch.Generator().manual_seed(0))
+    assert len({task.name for task in tasks}) > 1 and not independent.stacks(tasks)  # sequential

@@ -19,8 +19,11 @@ loss relative to its loss at initialisation (``validate``).
 ``estimator`` chooses the meta-gradient: ``"tbptt"`` backpropagates through each unroll;
 ``"pes"`` (``learned_optim.meta.pes``) estimates the gradient of the whole trajectory from
 ``pes_particles`` antithetic pairs of perturbations of scale ``pes_sigma``, with no backward pass
-through the unroll. ``tasks_per_step`` > 1 runs that many task instances side by side, one after
-another within each meta-step (no vectorisation), and averages their meta-gradients.
+through the unroll. ``tasks_per_step`` > 1 runs that many task instances in each meta-step and
+averages their meta-gradients. Instances of one task (a named task, or a distribution with
+``same_spec_per_step``) run as one stacked unroll (``learned_optim.meta.stacked``: vmapped losses,
+one update for all) when ``stack_task_instances`` is on, the estimator is ``tbptt`` and there is no
+``symmetry_weight``; otherwise one after another. Both give the same meta-gradient, in float rounding.
 
 Everything needed to continue is checkpointed atomically after every trajectory (φ, the outer
 Adam, the random generator, the curriculum position): a run killed at any moment resumes with
@@ -55,7 +58,9 @@ from learned_optim.base import config_from_dict
 from learned_optim.errors import WeightsError
 from learned_optim.meta import distributed, imitation, pes
 from learned_optim.meta.coordinate_split import CoordinateThreads, split_unroll
+from learned_optim.meta.stacked import stack_inner_states, stacked_unroll
 from learned_optim.meta.tasks import TASK_DISTRIBUTIONS, TASKS, get_task
+from learned_optim.meta.tasks.distributions import build_task
 from learned_optim.meta.tasks.rescaled import RescaledTask
 from learned_optim.meta.teachers import TEACHERS
 from learned_optim.meta.unroll import InnerState, compiled, meta_loss, start, unroll
@@ -97,6 +102,8 @@ class MetaTrainConfig:
     pes_particles: int = 8  # antithetic pairs per task instance
     pes_sigma: float = 0.01  # standard deviation of PES's perturbations of φ
     tasks_per_step: int = 1  # task instances whose meta-gradients each meta-step averages
+    same_spec_per_step: bool = False  # a distribution's instances in one meta-step share one drawn spec
+    stack_task_instances: bool = True  # instances of one task run as one stacked (vmapped) unroll
     compile: bool = False  # torch.compile each inner step's update (unroll.compiled): faster, same math
     initial_weights: str = ""  # start from these weights (name or directory), e.g. to meta-tune a distilled rule
     seed: int = 0
@@ -271,14 +278,39 @@ class MetaTrainer:
         task = self.distribution.draw(generator, self.data_root)
         return RescaledTask(task, self.config.rescale) if self.config.rescale > 0 else task
 
+    def draw_step_tasks(self, generator: torch.Generator) -> list[Any]:
+        """A meta-step's ``tasks_per_step`` tasks; with ``same_spec_per_step``, one drawn task, repeated
+        (its instances then differ in initialisation and batches only, so they can be stacked)."""
+        config = self.config
+        if config.same_spec_per_step and self.distribution is not None:
+            task = build_task(self.distribution.draw_spec(generator), self.data_root)
+            task = RescaledTask(task, config.rescale) if config.rescale > 0 else task
+            return [task] * config.tasks_per_step
+        return [self.draw_task(generator) for _ in range(config.tasks_per_step)]
+
+    def stacks(self, tasks: list[Any]) -> bool:
+        """Whether ``tasks`` run as one stacked unroll: several instances of the very same task object
+        (so the same names, shapes and loss), backpropagated, with no regulariser (it is not vmapped)."""
+        config = self.config
+        return (
+            config.stack_task_instances
+            and len(tasks) > 1
+            and all(task is tasks[0] for task in tasks)
+            and config.estimator == "tbptt"
+            and self.regularizer is None
+            and self.coordinate_threads is None
+        )
+
     def meta_trajectory(self, horizon: int) -> float:
         """``tasks_per_step`` task instances through ``horizon`` steps, one meta-step per unroll; their mean loss."""
         config = self.config
         generator = distributed.rank_generator(self.generator)
-        tasks = [self.draw_task(generator) for _ in range(config.tasks_per_step)]
+        tasks = self.draw_step_tasks(generator)
         inners = [start(self.architecture, self.optimizer_config, task, generator) for task in tasks]
         if config.estimator == "pes":
             return self._pes_trajectory(horizon, tasks, inners, generator)
+        if self.stacks(tasks):
+            return self._stacked_trajectory(horizon, tasks[0], inners, generator)
         total = 0.0
         for _ in range(horizon // config.unroll):
             results = [
@@ -292,6 +324,32 @@ class MetaTrainer:
             else:  # several instances: never a split unroll (refused in __init__), so the losses carry the graph
                 self._meta_step(torch.stack(meta_losses).mean())
             total += sum(float(losses.detach().mean()) for losses, _, _ in results) / len(results)
+        return total / (horizon // config.unroll)
+
+    def _stacked_trajectory(
+        self, horizon: int, task: Any, inners: list[InnerState], generator: torch.Generator
+    ) -> float:
+        """``meta_trajectory`` with the instances of ``task`` stacked: one unroll per meta-step for all."""
+        config = self.config
+        stacked = stack_inner_states(self.architecture, self.optimizer_config, inners)
+        total = 0.0
+        for _ in range(horizon // config.unroll):
+            losses, stacked = stacked_unroll(
+                self.architecture,
+                self.theta,
+                self.optimizer_config,
+                task,
+                stacked,
+                generator,
+                config.unroll,
+                lr=config.inner_lr,
+                second_order=config.second_order,
+            )
+            stacked = stacked.detached()
+            # Each instance's meta-loss, then their mean: the sequential path's meta-gradient.
+            per_instance = torch.stack([meta_loss(column, config.weighting) for column in losses.unbind(1)])
+            self._meta_step(per_instance.mean())
+            total += float(losses.detach().mean(0).mean())
         return total / (horizon // config.unroll)
 
     def _pes_trajectory(
