@@ -555,6 +555,20 @@ def test_the_celo2_tasks_recipe_trains_at_the_lr_a_user_gets():
     assert recipe.imitation_epochs and recipe.imitation_lr == recipe.inner_lr  # Adam's steps at the same scale
 
 
+def _capture_meta_gradients(monkeypatch) -> list[list[torch.Tensor]]:
+    """A list that receives φ's gradient at every meta-step of the trainers run afterwards."""
+    captured: list[list[torch.Tensor]] = []
+    original = MetaTrainer.meta_gradient
+
+    def capture(self, *arguments):
+        finite = original(self, *arguments)
+        captured.append([v.grad.clone() for v in self.theta.values()])
+        return finite
+
+    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    return captured
+
+
 def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypatch):
     config = MetaTrainConfig(
         architecture="lstm",
@@ -568,15 +582,7 @@ def test_several_tasks_per_step_average_their_meta_gradients(tmp_path, monkeypat
     )
     trainer = MetaTrainer(config, tmp_path)
     theta = {k: v.detach().clone().requires_grad_() for k, v in trainer.theta.items()}
-    captured = []
-    original = MetaTrainer.meta_gradient
-
-    def capture(self, *arguments):
-        finite = original(self, *arguments)
-        captured.append([v.grad.clone() for v in self.theta.values()])
-        return finite
-
-    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    captured = _capture_meta_gradients(monkeypatch)
     trainer.meta_trajectory(5)
 
     # The same two instances by hand: the quadratic draws its instance at init and no batches.
@@ -615,16 +621,9 @@ def test_pes_forward_unroll_is_the_unroll_without_a_graph(optimizer_class):
 def _first_meta_gradient(monkeypatch, config, run_dir):
     """φ's gradient at the first meta-step of a trajectory, and the number of stacked unrolls run."""
     trainer = MetaTrainer(config, run_dir)
-    stacked_unrolls, captured = [], []
+    stacked_unrolls = []
     monkeypatch.setattr(trainer_module, "stacked_unroll", counted(trainer_module.stacked_unroll, stacked_unrolls))
-    original = MetaTrainer.meta_gradient
-
-    def capture(self, *arguments):
-        finite = original(self, *arguments)
-        captured.append([v.grad.clone() for v in self.theta.values()])
-        return finite
-
-    monkeypatch.setattr(MetaTrainer, "meta_gradient", capture)
+    captured = _capture_meta_gradients(monkeypatch)
     trainer.meta_trajectory(config.unroll)
     monkeypatch.undo()
     (gradient,) = captured
