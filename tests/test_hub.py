@@ -75,7 +75,9 @@ def test_shipped_weights_say_whether_to_use_them():
     assert set(shipped.values()) <= set(RECOMMENDATIONS)
     study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"}
     assert {name for name, use in shipped.items() if use == "study object"} == study_objects
-    assert {"rnnprop-mnist", "hamiltonian-mnist"} <= {name for name, use in shipped.items() if use == "recommended"}
+    assert {"celo2-small-tasks", "hamiltonian-mnist"} <= {name for name, use in shipped.items() if use == "recommended"}
+    not_recommended = {name for name, use in shipped.items() if use == "not recommended"}
+    assert {"rnnprop-mnist", "symbolic-rnnprop-mnist"} <= not_recommended
 
 
 def test_save_pretrained_records_a_known_recommendation_only(tmp_path):
