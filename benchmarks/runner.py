@@ -47,7 +47,8 @@ def weights_digest(name: str) -> str | None:
     """
     import learned_optim as lo
 
-    if name.removesuffix(FUSED_SUFFIX) in lo.ARCHITECTURES:
+    name = name.removesuffix(FUSED_SUFFIX)  # the same weights, compiled
+    if name in lo.ARCHITECTURES:
         return None
     return hashlib.sha256((lo.hub.resolve(name) / "model.safetensors").read_bytes()).hexdigest()
 

@@ -149,3 +149,10 @@ def test_a_learned_optimizer_without_an_lr_gets_its_own_default():
 
     assert default_lr("celo2") == 1e-3 and default_lr("rnnprop-mnist") == 1.0 and default_lr("adam") == 1e-3
     assert default_lr("sgd-momentum@0.3") == 0.3
+
+
+def test_a_fused_learned_optimizer_is_cached_under_its_weights():
+    from benchmarks.runner import weights_digest
+
+    assert weights_digest("hamiltonian-mnist+fused") == weights_digest("hamiltonian-mnist") is not None
+    assert weights_digest("celo2+fused") is None
