@@ -46,7 +46,10 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             except ValueError:  # no tuning cell finished yet
                 continue
             candidates.append((baseline, rates, True))
-        candidates += [(name, dict.fromkeys(plan.report, 1.0), False) for name in data["learned"]]
+        # Results written before learned_lrs was recorded ran every learned optimizer at lr 1.
+        learned_lrs = data.get("learned_lrs", {})
+        for name in data["learned"]:
+            candidates.append((name, dict.fromkeys(plan.report, learned_lrs.get(name, 1.0)), False))
         for name, rates, tuned in candidates:
             figures = {}
             for step, lr in rates.items():

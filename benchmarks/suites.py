@@ -216,6 +216,7 @@ def run_suite(
         plans=[asdict(p) for p in suite.plans],
         grids={b: list(suite.grids[b]) for b in baselines},
         learned=learned,
+        learned_lrs=lrs,
         recommendations=recommendations(learned),
         baselines=baselines,
     )

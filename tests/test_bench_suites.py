@@ -214,3 +214,11 @@ def test_cells_cached_before_the_evaluation_sizes_existed_are_still_reused(tmp_p
     results.cells["key"] = old_cell | {"weights_sha256": None}
     assert results.cached("key", spec, None) is not None
     assert results.cached("key", CellSpec("mnist-mlp", "adam", 0.001, (0,), 3, (3,), eval_examples=64), None) is None
+
+
+def test_a_learned_optimizer_runs_and_is_reported_at_its_own_default_lr(tmp_path):
+    results = suites.run_suite(tiny_suite(adam=(0.01,)), tmp_path, optimizers=["celo2"], progress=False)
+    assert results.data["learned_lrs"] == {"celo2": 1e-3}
+    summary = report.summarize(results.data)
+    reported = summary["mnist-mlp"]["optimizers"]["celo2"]
+    assert set(reported) == {"3", "6"} and all(figures["lr"] == 1e-3 for figures in reported.values())
