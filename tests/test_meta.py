@@ -79,7 +79,11 @@ def test_compiled_unroll_gives_the_eager_losses_and_meta_gradient(optimizer_clas
         results.append((losses.detach(), [v.grad for v in theta.values()]))
     (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
     assert compiled(optimizer_class).update is not optimizer_class.update
-    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    # Celo2 compiles the reference transcription of its step and runs the folded one eagerly: the
+    # same math summed in another order, which ten Newton–Schulz-orthogonalised steps amplify to
+    # about 1e-5 of the loss (measured 1.0e-5 and 1.3e-5).
+    loss_rtol = 1e-4 if optimizer_class is lo.Celo2 else 1e-5
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=loss_rtol, atol=1e-6)
     for compiled_grad, eager_grad in zip(compiled_grads, eager_grads, strict=True):
         if optimizer_class is lo.Celo2:  # Newton–Schulz's backward amplifies rounding: float32 vs 64 differ 0.4%
             torch.testing.assert_close(compiled_grad, eager_grad, rtol=0, atol=5e-2 * float(eager_grad.abs().max()))
