@@ -92,3 +92,18 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_virtual_environment():
 
 def test_readme_says_how_to_keep_a_cpu_only_torch():
     assert "download.pytorch.org/whl/cpu" in (REPO / "README.md").read_text()
+
+
+def test_every_relative_link_in_the_documentation_resolves():
+    import re
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout to list the documentation")
+    listed = subprocess.run(["git", "ls-files", "*.md"], cwd=REPO, capture_output=True, text=True, check=True)
+    broken = []
+    for name in listed.stdout.split():
+        page = REPO / name
+        for link in re.findall(r"\]\(([^)#\s]+)", page.read_text()):
+            if "://" not in link and not (page.parent / link).exists():
+                broken.append(f"{name}: {link}")
+    assert not broken, broken
