@@ -8,6 +8,7 @@ their specification (and a learned optimizer's weights) are unchanged, so a run 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -168,24 +169,18 @@ def _figures(cell: dict[str, Any], reference: dict[str, Any] | None) -> dict[str
         "test_metric": _spread(cell["test_metric"]),
         "diverged_at": cell["diverged_at"],
         "diverged": any(step is not None for step in cell["diverged_at"]),
-        "step_seconds": median_of(cell["step_seconds"]),
-        "optimizer_step_seconds": median_of(cell["optimizer_step_seconds"]),
+        "step_seconds": statistics.median(cell["step_seconds"]),
+        "optimizer_step_seconds": statistics.median(cell["optimizer_step_seconds"]),
     }  # fmt: skip
     if reference is not None:
-        figures["step_time_vs_adam"] = figures["step_seconds"] / median_of(reference["step_seconds"])
-        ratio = figures["optimizer_step_seconds"] / median_of(reference["optimizer_step_seconds"])
+        figures["step_time_vs_adam"] = figures["step_seconds"] / statistics.median(reference["step_seconds"])
+        ratio = figures["optimizer_step_seconds"] / statistics.median(reference["optimizer_step_seconds"])
         figures["optimizer_step_vs_adam_foreach"] = ratio
     return figures
 
 
 def _spread(per_seed: list[float]) -> dict[str, Any]:
     return {"mean": mean(per_seed), "std": std(per_seed), "per_seed": per_seed}
-
-
-def median_of(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def judge(
