@@ -214,7 +214,8 @@ def test_a_param_group_with_a_bad_option_is_refused():
     [{"orthogonalize": False}, {"exp_mult": 0.5, "rmsmult": 2.0, "param_scale_mult": True}],
     ids=["base", "all-options"],
 )
-def test_the_fast_learned_step_is_the_reference_transcription(shape, options):
+@pytest.mark.parametrize("block_elements", [1, 7, celo2.BLOCK_ELEMENTS])
+def test_the_fast_learned_step_is_the_reference_transcription(shape, options, block_elements):
     # In float64, so that only a difference in the math (not float32 rounding, which Newton–Schulz
     # amplifies) can exceed the tolerance.
     generator = torch.Generator().manual_seed(len(shape))
@@ -224,7 +225,7 @@ def test_the_fast_learned_step_is_the_reference_transcription(shape, options):
     state = celo2.init_state(param, lo.Celo2Config(), options)
     state = {k: v + torch.rand(v.shape, generator=generator, dtype=torch.float64) for k, v in state.items()}
     grad = torch.randn(shape, generator=generator, dtype=torch.float64)
-    fast, fast_state = celo2.learned_step(theta, param, grad, state, lo.Celo2Config(), options)
+    fast, fast_state = celo2.learned_step(theta, param, grad, state, lo.Celo2Config(), options, block_elements)
     slow, slow_state = celo2.learned_step_reference(theta, param, grad, state, lo.Celo2Config(), options)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
     for key, value in slow_state.items():

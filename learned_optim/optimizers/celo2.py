@@ -314,6 +314,17 @@ def _broadcast_hidden(weight: Tensor, features: Tensor, param_dim: int) -> Tenso
     return torch.tensordot(weight, normalised, dims=([0], [0]))
 
 
+# Coordinates per block of the learned path: a block's ~40 feature and hidden rows (about 2.5 MiB in
+# float32) stay in cache, where full-size rows would stream through memory once per operation.
+BLOCK_ELEMENTS = 1 << 14
+
+
+def _block_rows(x: Tensor, start: int, stop: int) -> Tensor:
+    """Rows ``start:stop`` of the parameter's first axis of a feature-major ``x`` (axis 1), or ``x``
+    itself where it is broadcast along that axis (size 1)."""
+    return x if x.dim() < 2 or x.shape[1] == 1 else x[:, start:stop]
+
+
 def learned_step(
     theta: Mapping[str, Tensor],
     param: Tensor,
@@ -321,17 +332,25 @@ def learned_step(
     state: Mapping[str, Tensor],
     config: Celo2Config,
     options: Mapping[str, Any],
+    block_elements: int = BLOCK_ELEMENTS,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The learned path's normalised step u (before weight decay) and new accumulators.
 
     ``learned_step_reference`` computes the same numbers the way the reference writes them; this
-    one avoids its full-size passes. The first layer is linear in each normalised feature row
-    x_k / n_k (n_k its root mean square over the last two axes): for a matrix, n_k is one number,
-    so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k, and the per-coordinate
-    rows enter one matrix product unnormalised (tensors with more axes have one n_k per matrix and
-    scale their rows). The 12 Adafactor row and column features are constant along one axis: their
-    first-layer terms are computed at the row's or column's size and broadcast once.
+    one avoids its full-size passes. The accumulators are updated full-size (they are the new
+    state); the features and the network run in blocks of whole rows of the parameter's first axis
+    (``block_elements`` coordinates or one row), twice: a first pass sums each feature row's squares
+    per matrix, a second builds the features again and runs the MLP. The first layer is linear in
+    each normalised feature row x_k / n_k (n_k its root mean square over the last two axes): for a
+    matrix, n_k is one number, so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k
+    (tensors with more axes have one n_k per matrix and scale their rows). The 12 Adafactor row and
+    column features are constant along one axis: their first-layer terms are computed at the row's
+    or column's size and broadcast into each block.
     """
+    scalar = param.dim() == 0
+    if scalar:  # a 0-D tensor runs as one coordinate of a 1-D one; only its normalisation differs
+        param, grad = param.view(1), grad.view(1)
+        state = {key: value.unsqueeze(-1) for key, value in state.items()}
     shape, ndim = param.shape, param.dim()
     numel = param.numel()
     g = grad.unsqueeze(0)
@@ -339,87 +358,123 @@ def learned_step(
     beta_r = _decays(config.initial_rms_decays, g, ndim)
     beta_f = _decays(config.initial_adafactor_decays, g, ndim)
     grad_sq = g * g
-    momentum = state["momentum"] * beta_m + (1 - beta_m) * g
-    rms = state["rms"] * beta_r + (1 - beta_r) * grad_sq
-    rsqrt = torch.rsqrt(rms + 1e-8)
+    momentum = torch.lerp(g, state["momentum"], beta_m)  # β m + (1 − β) g in one pass
+    rms = torch.lerp(grad_sq, state["rms"], beta_r)
     new_state = {"momentum": momentum, "rms": rms}
     dims = factored_dims(shape)
-    tiny_sq = grad_sq + 1e-30
+    hidden_size = config.ff_hidden_size
+    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])
+    groups = list(range(UNFACTORED_FEATURES))
     if dims is None:
-        factored = beta_f * state["factored"] + (1 - beta_f) * tiny_sq
-        fac_g = g * _rsqrt_floored(factored + 1e-9)
+        factored = torch.lerp(grad_sq + 1e-30, state["factored"], beta_f)
+        fac_g_full = g * _rsqrt_floored(factored + 1e-9)
         new_state["factored"] = factored
+        row_factor = col_factor = None
+        broadcast = (theta["b0"].view(-1, *[1] * ndim),)
     else:
         rows, cols = dims
         reduced = beta_f.view(-1, *[1] * (ndim - 1))
-        row = reduced * state["factored_row"] + (1 - reduced) * tiny_sq.mean(dim=cols + 1)
-        col = reduced * state["factored_col"] + (1 - reduced) * tiny_sq.mean(dim=rows + 1)
+        # mean(g² + 1e-30) as mean(g²) + 1e-30: one full-size pass fewer, equal to float rounding.
+        row = torch.lerp(grad_sq.mean(dim=cols + 1) + 1e-30, state["factored_row"], reduced)
+        col = torch.lerp(grad_sq.mean(dim=rows + 1) + 1e-30, state["factored_col"], reduced)
         rows_in_row = 1 + (rows - 1 if rows > cols else rows)
         row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
         col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
-        factor = row_factor * col_factor  # Adafactor's preconditioner, one full-size pass for g and m
-        fac_g = g * factor
         new_state["factored_row"], new_state["factored_col"] = row, col
-    per_coordinate = [
-        g,
-        g.clamp(-0.1, 0.1),
-        param.unsqueeze(0),
-        momentum,
-        rms,
-        momentum * rsqrt,
-        rsqrt,
-        fac_g,
-        g * rsqrt,
-    ]
-    groups = list(range(UNFACTORED_FEATURES))
-    if dims is not None:
-        per_coordinate.append(momentum * factor)
         groups.append(len(config.feature_dims) - 1)
-    features = torch.cat(per_coordinate)
-    count = features.shape[0]
-    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])
-    weight = first[_feature_rows(config, groups)]
-    # One root mean square per feature row and matrix: (count, matrices).
-    matrix = math.prod(shape[-2:]) if ndim >= 2 else max(numel, 1)
-    stacked = features.reshape(count, -1, matrix)
-    if ndim == 0:
-        squares = _group_means(features * features, config).unsqueeze(1)
-    else:
-        squares = torch.linalg.vector_norm(stacked, dim=-1).square() / matrix
-    inverse = torch.rsqrt(1e-9 + squares)
-    if inverse.shape[1] == 1:
-        hidden = (weight * inverse).T @ features.reshape(count, numel)
-    else:
-        hidden = weight.T @ (stacked * inverse.unsqueeze(-1)).reshape(count, numel)
-    hidden = hidden.view(-1, *shape)
-    bias = theta["b0"].view(-1, *[1] * ndim)
-    if dims is not None:
         row_feature = row.unsqueeze(cols + 1)
         col_feature = col.unsqueeze(rows + 1)
         row_weight = first[_feature_rows(config, [9, 11])]
         col_weight = first[_feature_rows(config, [10, 12])]
-        broadcast = _broadcast_hidden(row_weight, torch.cat([row_feature, torch.rsqrt(row_feature + 1e-8)]), ndim)
         broadcast = (
-            broadcast
-            + bias
-            + _broadcast_hidden(col_weight, torch.cat([col_feature, torch.rsqrt(col_feature + 1e-8)]), ndim)
+            _broadcast_hidden(row_weight, torch.cat([row_feature, torch.rsqrt(row_feature + 1e-8)]), ndim)
+            + theta["b0"].view(-1, *[1] * ndim),
+            _broadcast_hidden(col_weight, torch.cat([col_feature, torch.rsqrt(col_feature + 1e-8)]), ndim),
         )
-        hidden = hidden + broadcast
+    weight = first[_feature_rows(config, groups)]
+
+    def features(start: int, stop: int) -> Tensor:
+        """The per-coordinate feature rows of the block, unnormalised: ``(count, stop − start, …)``."""
+        g_block, m_block = g[:, start:stop], momentum[:, start:stop]
+        rsqrt = torch.rsqrt(rms[:, start:stop] + 1e-8)
+        if row_factor is None:
+            fac_g = fac_g_full[:, start:stop]
+        else:
+            factor = _block_rows(row_factor, start, stop) * _block_rows(col_factor, start, stop)
+            fac_g = g_block * factor
+        per_coordinate = [
+            g_block,
+            g_block.clamp(-0.1, 0.1),
+            param[start:stop].unsqueeze(0),
+            m_block,
+            rms[:, start:stop],
+            m_block * rsqrt,
+            rsqrt,
+            fac_g,
+            g_block * rsqrt,
+        ]
+        if row_factor is not None:
+            per_coordinate.append(m_block * factor)
+        return torch.cat(per_coordinate)
+
+    if numel == 0:
+        return torch.zeros_like(param), new_state
+    # Blocks of whole rows of the first axis; each holds whole matrices, so per-matrix sums split.
+    per_row = numel // shape[0]
+    step_rows = max(1, block_elements // per_row)
+    blocks = [(start, min(start + step_rows, shape[0])) for start in range(0, shape[0], step_rows)]
+    matrix = math.prod(shape[-2:])
+    matrices_per_row = per_row // matrix if ndim >= 3 else 1
+
+    # Pass 1: one mean square per feature row and matrix, (count, matrices).
+    if scalar:
+        squares = _group_means(features(0, 1).reshape(-1) ** 2, config).unsqueeze(1)
     else:
-        hidden = hidden + bias
+        sums = []
+        for start, stop in blocks:
+            block = features(start, stop)
+            per_matrix = block.reshape(block.shape[0], -1, matrix if ndim >= 3 else block[0].numel())
+            sums.append(torch.linalg.vector_norm(per_matrix, dim=-1).square())
+        squares = torch.cat(sums, dim=1) if len(sums) > 1 else sums[0]
+        if ndim <= 2:
+            squares = squares.sum(dim=1, keepdim=True)
+        squares = squares / matrix
+    inverse = torch.rsqrt(1e-9 + squares)
+    scaled_weight = (weight * inverse).T if inverse.shape[1] == 1 else None
+
+    # Pass 2: the network, block by block.
     activation = torch.relu if config.activation == "relu" else torch.tanh
-    hidden = activation(hidden).reshape(-1, numel)
-    for index in range(config.ff_hidden_layers):
-        weight, bias = theta[f"dense_w.{index}"], theta[f"dense_b.{index}"]
-        if index == config.ff_hidden_layers - 1:  # only the direction and magnitude outputs are read
-            outputs = 1 if options["exp_mult"] == 0 else 2
-            weight, bias = weight[:, :outputs], bias[:outputs]
-        hidden = torch.addmm(bias.unsqueeze(1), weight.T, hidden)
-        if index != config.ff_hidden_layers - 1:
-            hidden = activation(hidden)
-    step = hidden[0].view(shape)
-    if options["exp_mult"] != 0:  # exp(0 · magnitude) is exactly 1 for the network's finite outputs
-        step = step * torch.exp(hidden[1].view(shape) * options["exp_mult"])
+    outputs = 1 if options["exp_mult"] == 0 else 2  # only the direction and magnitude are read
+    steps = []
+    for start, stop in blocks:
+        block = features(start, stop)
+        count, block_shape = block.shape[0], block.shape[1:]
+        if scaled_weight is not None:
+            hidden = scaled_weight @ block.reshape(count, -1)
+        else:
+            block_inverse = inverse[:, start * matrices_per_row : stop * matrices_per_row].unsqueeze(-1)
+            hidden = weight.T @ (block.reshape(count, -1, matrix) * block_inverse).reshape(count, -1)
+        hidden = hidden.view(hidden_size, *block_shape)
+        for term in broadcast:
+            hidden = hidden + _block_rows(term, start, stop)
+        hidden = activation(hidden).reshape(hidden_size, -1)
+        for index in range(config.ff_hidden_layers):
+            layer_weight, layer_bias = theta[f"dense_w.{index}"], theta[f"dense_b.{index}"]
+            if index == config.ff_hidden_layers - 1:
+                layer_weight, layer_bias = layer_weight[:, :outputs], layer_bias[:outputs]
+            hidden = torch.addmm(layer_bias.unsqueeze(1), layer_weight.T, hidden)
+            if index != config.ff_hidden_layers - 1:
+                hidden = activation(hidden)
+        block_step = hidden[0]
+        if outputs == 2:  # exp(0 · magnitude) is exactly 1 for the network's finite outputs
+            block_step = block_step * torch.exp(hidden[1] * options["exp_mult"])
+        steps.append(block_step)
+    step = (torch.cat(steps) if len(steps) > 1 else steps[0]).view(shape)
+    if scalar:
+        step = step.view(())
+        param = param.view(())
+        new_state = {key: value.squeeze(-1) for key, value in new_state.items()}
+        shape, ndim = step.shape, 0
     if options["param_scale_mult"]:
         step = torch.sqrt((param * param).mean() + 1e-9) * step
     if options["orthogonalize"] and ndim >= 2:
