@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import celo2_transcription
 import pytest
 import safetensors.torch
 import torch
@@ -226,7 +227,7 @@ def test_the_fast_learned_step_is_the_reference_transcription(shape, options, bl
     state = {k: v + torch.rand(v.shape, generator=generator, dtype=torch.float64) for k, v in state.items()}
     grad = torch.randn(shape, generator=generator, dtype=torch.float64)
     fast, fast_state = celo2.learned_step(theta, param, grad, state, lo.Celo2Config(), options, block_elements)
-    slow, slow_state = celo2.learned_step_reference(theta, param, grad, state, lo.Celo2Config(), options)
+    slow, slow_state = celo2_transcription.learned_step(theta, param, grad, state, lo.Celo2Config(), options)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
     for key, value in slow_state.items():
         torch.testing.assert_close(fast_state[key], value, rtol=0, atol=1e-12)

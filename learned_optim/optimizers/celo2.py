@@ -245,11 +245,6 @@ def _last_two_axes(x: Tensor, param_dim: int) -> tuple[int, ...]:
     return tuple(range(x.dim() - min(param_dim, 2), x.dim()))
 
 
-def normalize_second_moment(x: Tensor, axes: tuple[int, ...], eps: float = 1e-9) -> Tensor:
-    """``x / √(mean(x²) + eps)``, the mean over ``axes``."""
-    return x * torch.rsqrt(eps + (x * x).mean(dim=axes, keepdim=True))
-
-
 def newton_schulz(x: Tensor, coeffs: tuple[float, float, float], steps: int, eps: float) -> Tensor:
     """Approximate orthogonalisation of the matrices on ``x``'s last two axes (quintic Newton–Schulz).
 
@@ -271,23 +266,6 @@ def newton_schulz(x: Tensor, coeffs: tuple[float, float, float], steps: int, eps
         x = multiply_add(x, multiply_add(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # a X + (b A + c A²) X
     x = x.reshape(shape)
     return x.mT if transposed else x
-
-
-def network(theta: Mapping[str, Tensor], features: Tensor, config: Celo2Config) -> Tensor:
-    """The split-input MLP on feature-major inputs ``(in, n)``: returns ``(output_size, n)``.
-
-    The split first layer Σ_i x_i W_i is one product with the stacked W_i (the leading groups only
-    when there are fewer features).
-    """
-    activation = torch.relu if config.activation == "relu" else torch.tanh
-    width = features.shape[0]
-    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])[:width]
-    hidden = activation(first.T @ features + theta["b0"].unsqueeze(1))
-    for index in range(config.ff_hidden_layers):
-        hidden = theta[f"dense_w.{index}"].T @ hidden + theta[f"dense_b.{index}"].unsqueeze(1)
-        if index != config.ff_hidden_layers - 1:
-            hidden = activation(hidden)
-    return hidden
 
 
 def _feature_rows(config: Celo2Config, groups: range | list[int]) -> list[int]:
@@ -325,6 +303,10 @@ def _block_rows(x: Tensor, start: int, stop: int) -> Tensor:
     return x if x.dim() < 2 or x.shape[1] == 1 else x[:, start:stop]
 
 
+# Eager even under torch.compile (fused=True, compiled meta-training): traced, the block loop would
+# unroll into the graph, and Inductor's full-size fusion of the step measured 2-3x slower than the
+# cache-sized eager blocks; the rest of the update compiles around it.
+@torch.compiler.disable
 def learned_step(
     theta: Mapping[str, Tensor],
     param: Tensor,
@@ -336,10 +318,11 @@ def learned_step(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The learned path's normalised step u (before weight decay) and new accumulators.
 
-    ``learned_step_reference`` computes the same numbers the way the reference writes them; this
-    one avoids its full-size passes. The accumulators are updated full-size (they are the new
-    state); the features and the network run in blocks of whole rows of the parameter's first axis
-    (``block_elements`` coordinates or one row), twice: a first pass sums each feature row's squares
+    The tests hold it, in float64, to a plain transcription of the reference
+    (``tests/celo2_transcription.py``); this one avoids the transcription's full-size passes. The
+    accumulators are updated full-size (they are the new state); the features and the network run
+    in blocks of whole rows of the parameter's first axis (``block_elements`` coordinates or one
+    row), twice: a first pass sums each feature row's squares
     per matrix, a second builds the features again and runs the MLP. The first layer is linear in
     each normalised feature row x_k / n_k (n_k its root mean square over the last two axes): for a
     matrix, n_k is one number, so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k
@@ -486,69 +469,6 @@ def learned_step(
     return step * scale, new_state
 
 
-def learned_step_reference(
-    theta: Mapping[str, Tensor],
-    param: Tensor,
-    grad: Tensor,
-    state: Mapping[str, Tensor],
-    config: Celo2Config,
-    options: Mapping[str, Any],
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The learned path's normalised step u (before weight decay) and new accumulators, written as
-    the reference computes them: 30 normalised feature rows, then the MLP. ``learned_step`` computes
-    the same numbers (to float rounding) faster; the tests hold it to this transcription."""
-    shape, ndim = param.shape, param.dim()
-    g = grad.unsqueeze(0)
-    beta_m = _decays(config.initial_momentum_decays, g, ndim)
-    beta_r = _decays(config.initial_rms_decays, g, ndim).clamp(0.0, 1.0)
-    beta_f = _decays(config.initial_adafactor_decays, g, ndim).clamp(0.0, 1.0)
-    momentum = state["momentum"] * beta_m + (1 - beta_m) * g
-    rms = state["rms"] * beta_r + (1 - beta_r) * (g * g)
-    g_rep = g.expand(beta_f.shape[0], *shape)
-    grad_sq = g_rep * g_rep + 1e-30
-    new_state = {"momentum": momentum, "rms": rms}
-    dims = factored_dims(shape)
-    if dims is None:
-        factored = beta_f * state["factored"] + (1 - beta_f) * grad_sq
-        fac_g = g_rep * _rsqrt_floored(factored + 1e-9)
-        new_state["factored"] = factored
-    else:
-        rows, cols = dims
-        reduced = beta_f.view(-1, *[1] * (ndim - 1))
-        row = reduced * state["factored_row"] + (1 - reduced) * grad_sq.mean(dim=cols + 1)
-        col = reduced * state["factored_col"] + (1 - reduced) * grad_sq.mean(dim=rows + 1)
-        rows_in_row = 1 + (rows - 1 if rows > cols else rows)
-        row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
-        col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
-        fac_g = g_rep * row_factor * col_factor
-        new_state["factored_row"], new_state["factored_col"] = row, col
-    rsqrt = torch.rsqrt(rms + 1e-8)
-    features = [g, g.clamp(-0.1, 0.1), param.unsqueeze(0), momentum, rms, momentum * rsqrt, rsqrt, fac_g, g * rsqrt]
-    if dims is not None:
-        full = (-1, *shape)
-        row_feature = row.unsqueeze(cols + 1).expand(full)
-        col_feature = col.unsqueeze(rows + 1).expand(full)
-        features += [
-            row_feature,
-            col_feature,
-            torch.rsqrt(row_feature + 1e-8),
-            torch.rsqrt(col_feature + 1e-8),
-            momentum * row_factor * col_factor,
-        ]
-    axes = _last_two_axes(g, ndim)
-    inputs = torch.cat([normalize_second_moment(x, axes) for x in features])
-    output = network(theta, inputs.reshape(inputs.shape[0], -1), config)
-    direction, magnitude = output[0].view(shape), output[1].view(shape)
-    scale = torch.exp(magnitude * options["exp_mult"])
-    if options["param_scale_mult"]:
-        scale = torch.sqrt((param * param).mean() + 1e-9) * scale
-    step = direction * scale
-    if options["orthogonalize"] and ndim >= 2:
-        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
-    step = normalize_second_moment(step, _last_two_axes(step, ndim)) * options["rmsmult"]
-    return step, new_state
-
-
 def adamw_step(
     param: Tensor, grad: Tensor, state: Mapping[str, Tensor], step: Tensor | float, options: Mapping[str, Any]
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -597,10 +517,7 @@ def update(
         decay = options["weight_decay"] if decay is None else decay
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
-        # Compiled, the reference transcription: Inductor fuses its full-size passes itself, and
-        # with dynamic shapes it miscompiles the folded form (NaN steps, torch 2.14).
-        step_function = learned_step_reference if torch.compiler.is_compiling() else learned_step
-        direction, new_state = step_function(theta, param, g, state, config, options)
+        direction, new_state = learned_step(theta, param, g, state, config, options)
         # The normalisations spread the step over every coordinate; one whose momenta are all
         # still exactly zero has never seen a gradient and stays put (learned_optim/features/
         # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
