@@ -39,12 +39,30 @@ their architecture: the cost does not depend on the weights. Reported per optimi
 # and with fused=True (+fused: torch.compile).
 LEARNED = (*ARCHITECTURES, *(f"{name}{FUSED_SUFFIX}" for name in ARCHITECTURES))
 OPTIMIZERS = ("adam", "adam-foreach", "adam-fused", *LEARNED)
+
+
+def _muon_float32(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """torch.optim.Muon with its Newton–Schulz iteration in float32 (in this worker process only).
+
+    torch's runs the iteration's products in bfloat16, which a CPU without bfloat16 matrix units
+    runs about 100× slower than float32: that row measures the CPU, this one Muon's algorithm at
+    the precision Celo2's reference orthogonalises in (the same quintic iteration, five steps).
+    """
+    from torch.optim import _muon
+
+    from learned_optim.optimizers.celo2 import newton_schulz
+
+    _muon._zeropower_via_newtonschulz = newton_schulz
+    return torch.optim.Muon(params)
+
+
 # Rows beyond the factory's names: Celo2 without orthogonalisation (the paper's celo2-base) and
 # torch.optim.Muon, which takes matrices only (not measured on ResNet-50's 1-D and 4-D shapes).
 EXTRA_OPTIMIZERS = {
     "celo2-base": lambda params: __import__("learned_optim").Celo2(params, orthogonalize=False),
     "celo2-base+fused": lambda params: __import__("learned_optim").Celo2(params, orthogonalize=False, fused=True),
     "muon": lambda params: torch.optim.Muon(params),
+    "muon-float32": _muon_float32,
 }
 
 
@@ -113,7 +131,7 @@ def run_all(names: list[str], sizes: list[str], steps: int, device: str) -> list
     module = __spec__.name if __spec__ and __spec__.name != "__main__" else "benchmarks.overhead"
     for size in sizes:
         for name in names:
-            if name == "muon" and size == "resnet50":
+            if name.startswith("muon") and size == "resnet50":
                 continue
             command = [sys.executable, "-m", module, "--worker", name, str(size), str(steps), device]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
