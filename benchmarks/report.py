@@ -28,6 +28,11 @@ def _final_cell(cells: dict[str, Any], task: str, optimizer: str, lr: float) -> 
     return None
 
 
+def task_plans(data: dict[str, Any]) -> list[TaskPlan]:
+    """The suite's plans, read back from ``results.json``."""
+    return [TaskPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan.items()}) for plan in data["plans"]]
+
+
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     """``{task: {optimizer: {step: figures}}}`` for every finished final run, plus the verdicts.
 
@@ -35,8 +40,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     lowest mean training loss at t), ``vs_best_baseline`` and ``vs_adam``.
     """
     summary: dict[str, Any] = {}
-    for plan_fields in data["plans"]:
-        plan = TaskPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in plan_fields.items()})
+    for plan_fields, plan in zip(data["plans"], task_plans(data), strict=True):
         rows: dict[str, Any] = {}
         candidates: list[tuple[str, dict[int, float], bool]] = []
         for baseline in data["baselines"]:
@@ -172,6 +176,21 @@ def header(data: dict[str, Any]) -> list[str]:
     ]
 
 
+def evaluation_samples(data: dict[str, Any]) -> str:
+    """What the train loss and the test accuracy are measured on, from the suite's plans."""
+    plans = task_plans(data)
+    train = {plan.eval_examples for plan in plans}
+    test = {plan.test_examples for plan in plans}
+    train_text = f"{train.pop():,} examples" if len(train) == 1 else "a fixed sample (its size in the task's plan)"
+    if test == {None}:
+        test_text = "the whole test split"
+    elif len(test) == 1:
+        test_text = f"{test.pop():,} fixed test examples"
+    else:
+        test_text = "the test examples in the task's plan"
+    return f"Train loss: on {train_text} of the data the optimizee trains on; test acc.: on {test_text}."
+
+
 def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
     parts = [
         *header(data),
@@ -185,10 +204,9 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         "## Per task",
         "",
-        "Mean ± std over seeds. Train loss: on 4096 examples of the data the optimizee trains on; test acc.: the "
-        "whole test split. lr: the rate used for each reported step (* = at the edge of the tuning grid). Step "
-        "time: one training step of all seeds together (forward, backward, optimizer), median; state: optimizer "
-        "state bytes per parameter.",
+        f"Mean ± std over seeds. {evaluation_samples(data)} lr: the rate used for each reported step (* = at the "
+        "edge of the tuning grid). Step time: one training step of all seeds together (forward, backward, "
+        "optimizer), median; state: optimizer state bytes per parameter.",
         "",
     ]
     parts += [task_table(task, entry, data) + "\n" for task, entry in summary.items()]

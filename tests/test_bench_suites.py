@@ -222,3 +222,14 @@ def test_a_learned_optimizer_runs_and_is_reported_at_its_own_default_lr(tmp_path
     summary = report.summarize(results.data)
     reported = summary["mnist-mlp"]["optimizers"]["celo2"]
     assert set(reported) == {"3", "6"} and all(figures["lr"] == 1e-3 for figures in reported.values())
+
+
+def test_the_report_says_what_losses_and_accuracy_were_measured_on():
+    def plans(*fields):
+        plan = {"task": "t", "steps": 10, "report": [10], "seeds": 1, "tuning_seeds": 1}
+        return {"plans": [{**plan, **f} for f in fields]}
+
+    sampled = report.evaluation_samples(plans({"eval_examples": 1024, "test_examples": 2000}))
+    assert "1,024 examples" in sampled and "2,000 fixed test examples" in sampled
+    assert "whole test split" in report.evaluation_samples(plans({}))
+    assert "in the task's plan" in report.evaluation_samples(plans({"test_examples": 100}, {"test_examples": 200}))
