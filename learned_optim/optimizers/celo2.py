@@ -322,8 +322,8 @@ def learned_step(
     (``tests/celo2_transcription.py``); this one avoids the transcription's full-size passes. The
     accumulators are updated full-size (they are the new state); the features and the network run
     in blocks of whole rows of the parameter's first axis (``block_elements`` coordinates or one
-    row), twice: a first pass sums each feature row's squares
-    per matrix, a second builds the features again and runs the MLP. The first layer is linear in
+    row), twice: a first pass sums each feature row's squares per matrix, a second builds the
+    features again and runs the MLP. The first layer is linear in
     each normalised feature row x_k / n_k (n_k its root mean square over the last two axes): for a
     matrix, n_k is one number, so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k
     (tensors with more axes have one n_k per matrix and scale their rows). The 12 Adafactor row and
@@ -454,10 +454,8 @@ def learned_step(
         steps.append(block_step)
     step = (torch.cat(steps) if len(steps) > 1 else steps[0]).view(shape)
     if scalar:
-        step = step.view(())
-        param = param.view(())
+        step, ndim = step.view(()), 0
         new_state = {key: value.squeeze(-1) for key, value in new_state.items()}
-        shape, ndim = step.shape, 0
     if options["param_scale_mult"]:
         step = torch.sqrt((param * param).mean() + 1e-9) * step
     if options["orthogonalize"] and ndim >= 2:
