@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -303,10 +303,6 @@ def _block_rows(x: Tensor, start: int, stop: int) -> Tensor:
     return x if x.dim() < 2 or x.shape[1] == 1 else x[:, start:stop]
 
 
-# Eager even under torch.compile (fused=True, compiled meta-training): traced, the block loop would
-# unroll into the graph, and Inductor's full-size fusion of the step measured 2-3x slower than the
-# cache-sized eager blocks; the rest of the update compiles around it.
-@torch.compiler.disable
 def learned_step(
     theta: Mapping[str, Tensor],
     param: Tensor,
@@ -467,6 +463,25 @@ def learned_step(
     return step * scale, new_state
 
 
+_OUTSIDE_GRAPHS: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {}
+
+
+def _learned_step_outside_graphs() -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """``learned_step`` run eagerly even while torch.compile traces the update (fused=True, compiled
+    meta-training): traced, the block loop would unroll into the graph, and Inductor's full-size
+    fusion of the step measured 2-3x slower than the cache-sized eager blocks; the rest of the
+    update compiles around it.
+
+    Wrapped on first use, not at import: ``torch.compiler.disable`` imports torch._dynamo (and
+    sympy), which ``import learned_optim`` must not. The first trace breaks its graph once here to
+    build the wrapper; later traces find it built.
+    """
+    wrapped = _OUTSIDE_GRAPHS.get("learned_step")
+    if wrapped is None:
+        wrapped = _OUTSIDE_GRAPHS["learned_step"] = torch.compiler.disable(learned_step)
+    return wrapped
+
+
 def adamw_step(
     param: Tensor, grad: Tensor, state: Mapping[str, Tensor], step: Tensor | float, options: Mapping[str, Any]
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -515,7 +530,8 @@ def update(
         decay = options["weight_decay"] if decay is None else decay
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
-        direction, new_state = learned_step(theta, param, g, state, config, options)
+        step_fn = _learned_step_outside_graphs() if torch.compiler.is_compiling() else learned_step
+        direction, new_state = step_fn(theta, param, g, state, config, options)
         # The normalisations spread the step over every coordinate; one whose momenta are all
         # still exactly zero has never seen a gradient and stays put (learned_optim/features/
         # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
