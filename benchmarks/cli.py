@@ -21,11 +21,13 @@ baselines, learned, learned_lrs (learned optimizer -> the default lr it ran at),
 (key phase/task/optimizer@lr/seeds=N/steps=T) holds its specification (task, optimizer, lr,
 seeds, steps, report, metrics, fit_split, eval_examples, test_examples), phase (tune or final),
 weights_sha256 (learned optimizers), seconds, step_seconds (median), state_bytes_per_run,
-parameters_per_run, diverged_at (per seed: step or null), train_loss_curve (per-step minibatch
+parameters_per_run, peak_bytes (the most a training step of all seeds held; null where not
+measurable; with peak_bytes_measured where ``python -m benchmarks.peak_memory`` measured it
+afterwards), diverged_at (per seed: step or null), train_loss_curve (per-step minibatch
 loss, mean over seeds), smoothed_curve (window, step, mean, std, seeds) and at (reported step ->
 metric -> per-seed values). summary is task -> {plan, optimizers: optimizer -> reported step ->
 {lr, lr_at_grid_edge, <metric>: {mean, std, per_seed}, diverged_seeds, step_seconds,
-state_bytes_per_run, and for learned optimizers best_baseline, vs_best_baseline, vs_adam}}; a
+state_bytes_per_run, peak_bytes, and for learned optimizers best_baseline, vs_best_baseline, vs_adam}}; a
 verdict is better, worse or tie (two standard errors of the difference of the means).
 """
 

@@ -22,6 +22,8 @@ from learned_optim.factory import FUSED_SUFFIX, make_optimizer
 from learned_optim.optimizers import ARCHITECTURES
 from learned_optim.provenance import environment
 
+from . import memory
+
 METHOD = """\
 Each (optimizer, size) runs in a fresh subprocess with random gradients, on a stack of 1024×1024
 matrices (sizes given as numbers) or on the parameter shapes of torchvision's ResNet-50
@@ -66,17 +68,6 @@ EXTRA_OPTIMIZERS = {
 }
 
 
-def _memory_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def parameter_shapes(size: str) -> list[tuple[int, ...]]:
     """``resnet50``: torchvision ResNet-50's parameter shapes; a number: that many 1024×1024 matrices' worth."""
     if size == "resnet50":
@@ -98,18 +89,13 @@ def measure(name: str, size: str, steps: int, device: str) -> dict:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times, peaks = [], []
     for _ in range(steps + 1):  # the first step allocates the state and is not timed
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            before = torch.cuda.memory_allocated()
-        else:
-            before = _memory_kib("VmRSS") * 1024
-            _reset_peak()
+        before = memory.current_bytes(device)
+        memory.reset_peak(device)
         start = time.perf_counter()
         optimizer.step()
         sync()
         times.append(time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated() if device == "cuda" else _memory_kib("VmHWM") * 1024
-        peaks.append(max(0, peak - before))
+        peaks.append(max(0, memory.peak_bytes(device) - before))
     state_bytes = sum(
         v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
     )

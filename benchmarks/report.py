@@ -69,6 +69,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
                     "diverged_seeds": sum(d is not None for d in cell["diverged_at"]),
                     "step_seconds": cell["step_seconds"],
                     "state_bytes_per_run": cell["state_bytes_per_run"],
+                    "peak_bytes": cell.get("peak_bytes"),
                 }
             if figures:
                 rows[name] = figures
@@ -114,7 +115,7 @@ def task_table(task: str, entry: dict[str, Any], data: dict[str, Any]) -> str:
     header = (
         ["optimizer", "lr"]
         + [f"{METRIC_LABELS[m]} t={s}" for m in METRIC_LABELS for s in steps]
-        + ["step time", "÷ Adam", "state ÷ Adam"]
+        + ["step time", "÷ Adam", "state ÷ Adam", "peak memory ÷ Adam"]
     )
     lines = [
         f"#### {task}: {plan['steps']} steps, {plan['seeds']} seeds "
@@ -130,11 +131,13 @@ def task_table(task: str, entry: dict[str, Any], data: dict[str, Any]) -> str:
         values = [_figure(figures[s], m) if s in figures else "—" for m in METRIC_LABELS for s in steps]
         time_ratio = f"{last['step_seconds'] / adam['step_seconds']:.2f}×" if adam else "—"
         state_ratio = f"{last['state_bytes_per_run'] / adam['state_bytes_per_run']:.2f}×" if adam else "—"
+        measured = adam and last.get("peak_bytes") and adam.get("peak_bytes")
+        peak_ratio = f"{last['peak_bytes'] / adam['peak_bytes']:.2f}×" if measured else "—"
         lines.append(
             f"| {display_name(name, data)} | {rates} | "
             + " | ".join(values)
             + f" | {last['step_seconds'] * 1e3:.1f} ms "
-            f"| {time_ratio} | {state_ratio} |"
+            f"| {time_ratio} | {state_ratio} | {peak_ratio} |"
         )
     return "\n".join(lines)
 
@@ -206,11 +209,25 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"Mean ± std over seeds. {evaluation_samples(data)} lr: the rate used for each reported step (* = at the "
         "edge of the tuning grid). Step time: one training step of all seeds together (forward, backward, "
-        "optimizer), median; state: optimizer state bytes per parameter.",
+        "optimizer), median; state: optimizer state bytes per parameter; peak memory: the most a training step "
+        "of all seeds holds (parameters, gradients, optimizer state, activations, transients; on the CPU the "
+        f"process's resident high-water mark beyond what it held before training){_peak_provenance(data)}.",
         "",
     ]
     parts += [task_table(task, entry, data) + "\n" for task, entry in summary.items()]
     return "\n".join(parts)
+
+
+def _peak_provenance(data: dict[str, Any]) -> str:
+    """How the peak memory of runs measured afterwards (``benchmarks.peak_memory``) was measured."""
+    later = [c["peak_bytes_measured"] for c in data["cells"].values() if "peak_bytes_measured" in c]
+    if not later:
+        return ""
+    first = later[0]
+    return (
+        f"; of {len(later)} runs measured afterwards in fresh processes over their first {first['steps']} steps: "
+        f"`{first['command']}` at commit {first['environment']['commit']}"
+    )
 
 
 def plot(data: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:

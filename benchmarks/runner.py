@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from learned_optim.factory import FUSED_SUFFIX, make_optimizer
 from learned_optim.meta.tasks import get_task
 
+from . import memory
+
 EVAL_EXAMPLES = 4096  # fixed samples for train and validation loss; the test split is used whole
 EVAL_CHUNK = 1024  # examples per vmapped evaluation call, to bound activation memory
 CURVE_POINTS = 500  # the smoothed curves keep at most this many steps
@@ -177,11 +179,17 @@ def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dic
     diverged_at: list[int | None] = [None] * len(spec.seeds)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     bar = tqdm(total=spec.steps, desc=f"{spec.task} {spec.optimizer}@{spec.lr:g}", leave=False, disable=not progress)
+    # Peak memory of the training steps (evaluation excluded): the parameters plus the most a step
+    # holds beyond what the process held before the first one (gradients, optimizer state,
+    # activations, transients); on CUDA, the allocator's peak, parameters included.
+    held_before = memory.current_bytes(device)
+    step_peaks: list[int] = []
     started = time.perf_counter()
     for step in range(1, spec.steps + 1):
         batches = [task.sample(g, spec.fit_split) for g in batch_generators]
         x = torch.stack([b[0] for b in batches]).to(device)
         y = torch.stack([b[1] for b in batches]).to(device)
+        memory.reset_peak(device)
         step_start = time.perf_counter()
         loss = per_seed_loss(params, buffers, x, y)
         optimizer.zero_grad()
@@ -189,6 +197,8 @@ def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dic
         optimizer.step()
         sync()
         step_seconds.append(time.perf_counter() - step_start)
+        if held_before is not None:
+            step_peaks.append(memory.peak_bytes(device))
         loss = loss.detach()
         finite = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1) for p in params]).all(0)
         finite &= torch.isfinite(loss)
@@ -211,12 +221,19 @@ def run_cell(spec: CellSpec, device: str = "cpu", progress: bool = False) -> dic
     state_bytes = sum(
         v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)
     )
+    if not step_peaks:
+        peak = None
+    elif device.startswith("cuda"):
+        peak = max(step_peaks)
+    else:
+        peak = sum(p.numel() * p.element_size() for p in params) + max(0, max(step_peaks) - held_before)
     return {
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()},
         "seconds": time.perf_counter() - started,
         "step_seconds": statistics.median(step_seconds),
         "state_bytes_per_run": state_bytes // len(spec.seeds),
         "parameters_per_run": sum(p[0].numel() for p in params),
+        "peak_bytes": peak,
         "diverged_at": diverged_at,
         "train_loss_curve": _rounded(curve.mean(1).tolist()),
         "smoothed_curve": _smoothed(curve),

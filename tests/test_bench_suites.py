@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks import report, suites
+from benchmarks import peak_memory, report, suites
 from benchmarks.cli import main as bench_main
 from benchmarks.runner import CellSpec, run_cell
 
@@ -27,6 +27,7 @@ CELL_KEYS = {
     "step_seconds": float,
     "state_bytes_per_run": int,
     "parameters_per_run": int,
+    "peak_bytes": int,
     "diverged_at": list,
     "train_loss_curve": list,
     "smoothed_curve": dict,
@@ -233,3 +234,27 @@ def test_the_report_says_what_losses_and_accuracy_were_measured_on():
     assert "1,024 examples" in sampled and "2,000 fixed test examples" in sampled
     assert "whole test split" in report.evaluation_samples(plans({}))
     assert "in the task's plan" in report.evaluation_samples(plans({"test_examples": 100}, {"test_examples": 200}))
+
+
+def test_runs_cached_without_peak_memory_get_it_measured_afresh(tmp_path):
+    results = suites.run_suite(tiny_suite(), tmp_path, optimizers=[], progress=False)
+    finals = {k for k, c in results.cells.items() if c["phase"] == "final"}
+    for key in finals:
+        del results.cells[key]["peak_bytes"]  # as a run cached before peak memory was recorded
+    results.write()
+    measured = peak_memory.fill(tmp_path, steps=2, device="cpu", threads=1, command="the test", progress=False)
+    assert sorted(measured) == sorted(finals)
+    data = json.loads((tmp_path / "results.json").read_text())
+    for key, cell in data["cells"].items():
+        if key in finals:
+            parameter_bytes = 4 * cell["parameters_per_run"] * len(cell["seeds"])
+            assert cell["peak_bytes"] >= parameter_bytes
+            assert cell["peak_bytes_measured"]["steps"] == 2
+            assert cell["peak_bytes_measured"]["command"] == "the test"
+        else:
+            assert "peak_bytes_measured" not in cell  # tuning runs keep their own figure
+    markdown = (tmp_path / "results.md").read_text()
+    assert "peak memory ÷ Adam" in markdown and "measured afterwards in fresh processes" in markdown
+    adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam |"))
+    assert adam_row.endswith("| 1.00× |")
+    assert peak_memory.fill(tmp_path, steps=2, device="cpu", threads=1, command="again", progress=False) == []
