@@ -211,7 +211,8 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "edge of the tuning grid). Step time: one training step of all seeds together (forward, backward, "
         "optimizer), median; state: optimizer state bytes per parameter; peak memory: the most a training step "
         "of all seeds holds (parameters, gradients, optimizer state, activations, transients; on the CPU the "
-        f"process's resident high-water mark beyond what it held before training){_peak_provenance(data)}.",
+        "parameters plus the process's resident high-water mark beyond what it held before the first step)"
+        f"{_peak_provenance(data)}.",
         "",
     ]
     parts += [task_table(task, entry, data) + "\n" for task, entry in summary.items()]
