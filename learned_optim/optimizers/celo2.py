@@ -319,7 +319,8 @@ def learned_step(
     accumulators are updated full-size (they are the new state); the features and the network run
     in blocks of whole rows of the parameter's first axis (``block_elements`` coordinates or one
     row), twice: a first pass sums each feature row's squares per matrix, a second builds the
-    features again and runs the MLP. The first layer is linear in
+    features again and runs the MLP (one pass where each matrix is a single coordinate, as in a 1×1
+    convolution's weight: there a feature's mean square is its own square). The first layer is linear in
     each normalised feature row x_k / n_k (n_k its root mean square over the last two axes): for a
     matrix, n_k is one number, so it scales the weight row instead of the feature, Σ_k (W_k / n_k) x_k
     (tensors with more axes have one n_k per matrix and scale their rows). The 12 Adafactor row and
@@ -405,10 +406,14 @@ def learned_step(
     matrix = math.prod(shape[-2:])
     matrices_per_row = per_row // matrix if ndim >= 3 else 1
 
-    # Pass 1: one mean square per feature row and matrix, (count, matrices).
+    # Pass 1: one mean square per feature row and matrix, (count, matrices). Where every matrix is
+    # one coordinate (1×1 convolutions), a feature's mean square is its own square: pass 2 takes it
+    # from the block it builds anyway, and there is no first pass.
+    unit_matrices = ndim >= 3 and matrix == 1
+    inverse = scaled_weight = None
     if scalar:
         squares = _group_means(features(0, 1).reshape(-1) ** 2, config).unsqueeze(1)
-    else:
+    elif not unit_matrices:
         sums = []
         for start, stop in blocks:
             block = features(start, stop)
@@ -418,8 +423,9 @@ def learned_step(
         if ndim <= 2:
             squares = squares.sum(dim=1, keepdim=True)
         squares = squares / matrix
-    inverse = torch.rsqrt(1e-9 + squares)
-    scaled_weight = (weight * inverse).T if inverse.shape[1] == 1 else None
+    if not unit_matrices:
+        inverse = torch.rsqrt(1e-9 + squares)
+        scaled_weight = (weight * inverse).T if inverse.shape[1] == 1 else None
 
     # Pass 2: the network, block by block.
     activation = torch.relu if config.activation == "relu" else torch.tanh
@@ -430,6 +436,9 @@ def learned_step(
         count, block_shape = block.shape[0], block.shape[1:]
         if scaled_weight is not None:
             hidden = scaled_weight @ block.reshape(count, -1)
+        elif unit_matrices:
+            flat = block.reshape(count, -1)
+            hidden = weight.T @ (flat * torch.rsqrt(1e-9 + flat * flat))
         else:
             block_inverse = inverse[:, start * matrices_per_row : stop * matrices_per_row].unsqueeze(-1)
             hidden = weight.T @ (block.reshape(count, -1, matrix) * block_inverse).reshape(count, -1)
