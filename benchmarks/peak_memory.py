@@ -56,7 +56,8 @@ def fill(out: Path, steps: int, device: str, threads: int, command: str, progres
     for key in tqdm(missing, desc="peak memory", unit="run", disable=not progress):
         cell = results.cells[key]
         cell["peak_bytes"] = measure_in_fresh_process(cell, steps, device, threads)
-        cell["peak_bytes_measured"] = {"steps": steps, "command": command, "environment": environment(device)}
+        measured_at = environment(device, ignore=[out])  # the reports being filled in do not count as changes
+        cell["peak_bytes_measured"] = {"steps": steps, "command": command, "environment": measured_at}
         results.write()  # each figure kept as soon as it is measured
     write_reports(results.data, out)
     return missing

@@ -225,9 +225,10 @@ def _peak_provenance(data: dict[str, Any]) -> str:
     if not later:
         return ""
     first = later[0]
+    commits = ", ".join(dict.fromkeys(m["environment"]["commit"] for m in later))
     return (
         f"; of {len(later)} runs measured afterwards in fresh processes over their first {first['steps']} steps: "
-        f"`{first['command']}` at commit {first['environment']['commit']}"
+        f"`{first['command']}` at commit {commits} (each run's commit is in results.json)"
     )
 
 

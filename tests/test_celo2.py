@@ -209,7 +209,9 @@ def test_a_param_group_with_a_bad_option_is_refused():
         optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))], "adam_betas": (2.0, 0.9)})
 
 
-@pytest.mark.parametrize("shape", [(), (7,), (5, 9), (9, 5), (4, 2, 3, 3), (2, 3, 5), (3, 3, 3, 3), (6, 4, 1, 1), (5, 1, 1)])
+@pytest.mark.parametrize(
+    "shape", [(), (7,), (5, 9), (9, 5), (4, 2, 3, 3), (2, 3, 5), (3, 3, 3, 3), (6, 4, 1, 1), (5, 1, 1)]
+)
 @pytest.mark.parametrize(
     "options",
     [{"orthogonalize": False}, {"exp_mult": 0.5, "rmsmult": 2.0, "param_scale_mult": True}],
