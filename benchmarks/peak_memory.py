@@ -18,7 +18,6 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -28,16 +27,15 @@ from learned_optim.provenance import environment
 
 from .report import write_reports
 from .runner import CellSpec, run_cell
-from .suites import Results
+from .suites import Results, recorded_fields
 
 STEPS = 3
 
 
 def spec_of(cell: dict, steps: int) -> CellSpec:
     """The cell's run, shortened to ``steps`` steps with nothing evaluated."""
-    recorded = {f.name: cell[f.name] for f in fields(CellSpec) if f.name in cell}
-    recorded.update(seeds=tuple(cell["seeds"]), metrics=tuple(cell["metrics"]), steps=steps, report=())
-    return CellSpec(**recorded)
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded_fields(cell, CellSpec).items()}
+    return CellSpec(**{**recorded, "steps": steps, "report": ()})
 
 
 def measure_in_fresh_process(cell: dict, steps: int, device: str, threads: int) -> int | None:

@@ -153,13 +153,18 @@ class Results:
         cell = self.cells.get(key)
         if cell is None:
             return None
-        # A field added to CellSpec after a cell was computed is read at its default there.
-        recorded = {f.name: cell.get(f.name, None if f.default is MISSING else f.default) for f in fields(type(spec))}
+        recorded = recorded_fields(cell, type(spec))
         same_spec = json.loads(json.dumps(recorded)) == json.loads(json.dumps(asdict(spec)))
         return cell if same_spec and cell.get("weights_sha256") == digest else None
 
     def write(self) -> None:
         write_cells(self.path, self.data, self.cells)
+
+
+def recorded_fields(cell: dict[str, Any], spec_type: type) -> dict[str, Any]:
+    """The fields of ``spec_type`` a finished cell was computed with, as its JSON holds them (lists
+    for tuples); a field added to the specification after the cell was computed reads at its default."""
+    return {f.name: cell.get(f.name, None if f.default is MISSING else f.default) for f in fields(spec_type)}
 
 
 def cell_key(phase: str, spec: CellSpec) -> str:
