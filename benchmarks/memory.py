@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 _STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 def _status_bytes(field: str) -> int | None:
@@ -22,10 +23,6 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
-def cpu_memory_measurable() -> bool:
-    return _status_bytes("VmHWM") is not None
-
-
 def current_bytes(device: str) -> int | None:
     """What is allocated now: the CUDA allocator's tensors, or the process's resident set."""
     return torch.cuda.memory_allocated() if device.startswith("cuda") else _status_bytes("VmRSS")
@@ -35,8 +32,8 @@ def reset_peak(device: str) -> None:
     """Start a new peak at what is allocated now."""
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    elif cpu_memory_measurable():
-        Path("/proc/self/clear_refs").write_text("5")
+    elif _CLEAR_REFS.exists():
+        _CLEAR_REFS.write_text("5")
 
 
 def peak_bytes(device: str) -> int | None:
