@@ -47,6 +47,7 @@ from torch.optim.optimizer import ParamsT
 
 from learned_optim import per_tensor
 from learned_optim.errors import WeightsError
+from learned_optim.weights_file import expected_theta
 
 DEFAULT_CHUNK_SIZE = 8192
 FUSED_VARIANT_LIMIT = 256  # compiled variants of the fused step kept per process
@@ -119,27 +120,42 @@ def config_from_dict(
         raise WeightsError(f"{source}: {error}") from None
 
 
-def validate_theta(expected: Mapping[str, Tensor], theta: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
-    """Check ``theta`` has exactly the names and shapes of ``expected``, finite floating values.
+def held_shapes(theta: Any, source: str) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a mapping of tensors, refusing anything else."""
+    if not isinstance(theta, Mapping) or not all(isinstance(v, Tensor) for v in theta.values()):
+        raise WeightsError(f"{source}: the learned network must be a mapping of names to tensors")
+    return {str(name): tuple(tensor.shape) for name, tensor in theta.items()}
 
-    Returns float32 contiguous CPU copies, so the caller's tensors are never aliased.
-    """
-    missing = sorted(set(expected) - set(theta))
-    unexpected = sorted(set(theta) - set(expected))
+
+def check_names_and_shapes(
+    expected: Mapping[str, Tensor], held: Mapping[str, tuple[int, ...]], source: str
+) -> None:
+    """Refuse ``held`` (``{name: shape}``) unless it has exactly the names and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(held))
+    unexpected = sorted(set(held) - set(expected))
     if missing or unexpected:
         raise WeightsError(
             f"{source}: tensor names do not match the architecture (missing {missing}, unexpected {unexpected})"
         )
-    cleaned = {}
     for name, reference in expected.items():
-        tensor = theta[name]
-        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-            raise WeightsError(f"{source}: tensor {name!r} must be a floating-point tensor")
-        if tensor.shape != reference.shape:
+        if tuple(held[name]) != tuple(reference.shape):
             raise WeightsError(
-                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"the config expects {tuple(reference.shape)}"
+                f"{source}: tensor {name!r} has shape {tuple(held[name])}, the config expects {tuple(reference.shape)}"
             )
+
+
+def validate_theta(expected: Mapping[str, Tensor], theta: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Check ``theta`` has exactly the names and shapes of ``expected``, finite floating values.
+
+    ``expected`` may be ``meta`` tensors (only shapes are read). Returns float32 contiguous CPU
+    copies, so the caller's tensors are never aliased.
+    """
+    check_names_and_shapes(expected, held_shapes(theta, source), source)
+    cleaned = {}
+    for name in expected:
+        tensor = theta[name]
+        if not tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {name!r} must be a floating-point tensor")
         if not torch.isfinite(tensor).all():
             raise WeightsError(f"{source}: tensor {name!r} contains NaN or inf")
         cleaned[name] = tensor.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
@@ -280,8 +296,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     @theta.setter
     def theta(self, value: Mapping[str, Tensor]) -> None:
-        expected = self.init_theta(self.config, None)
-        self._theta = validate_theta(expected, value, f"{type(self).__name__} weights")
+        source = f"{type(self).__name__} weights"
+        expected = expected_theta(self, self.config, held_shapes(value, source), source)
+        self._theta = validate_theta(expected, value, source)
         self._theta_cache: dict[tuple[torch.device, torch.dtype], dict[str, Tensor]] = {}
 
     def _theta_for(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -505,8 +522,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 raise ValueError(
                     f"state dict is for a {learned['architecture']!r} optimizer, this is {self.architecture!r}"
                 )
+            if not isinstance(learned.get("config"), Mapping):
+                raise WeightsError("state dict: the learned network's config must be a mapping")
             config = config_from_dict(self.Config, learned["config"], "state dict")
-            expected = self.init_theta(config, None)
+            expected = expected_theta(self, config, held_shapes(learned.get("theta"), "state dict"), "state dict")
             theta = validate_theta(expected, learned["theta"], "state dict")
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)

@@ -34,9 +34,16 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from learned_optim import cards
-from learned_optim.base import LearnedOptimizer, config_from_dict, install_weights_io, validate_theta
+from learned_optim.base import (
+    LearnedOptimizer,
+    check_names_and_shapes,
+    config_from_dict,
+    install_weights_io,
+    validate_theta,
+)
 from learned_optim.errors import WeightsError
 from learned_optim.optimizers import ARCHITECTURES, get_architecture
+from learned_optim.weights_file import expected_theta, read_json_file, read_safetensors_shapes
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -113,11 +120,9 @@ def list_pretrained() -> list[dict[str, str]]:
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_json_file(path)
     except FileNotFoundError:
         raise WeightsNotFoundError(f"{path}: no {CONFIG_NAME} in this weights directory") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: expected a JSON object")
     return config
@@ -144,14 +149,20 @@ def read_pretrained(directory: str | os.PathLike[str]) -> Pretrained:
         cls = get_architecture(document.get("architecture"), str(config_path))
         config = config_from_dict(cls.Config, document.get("config", {}), str(config_path))
     try:
+        # The header alone first: what the config asks for is checked before anything is allocated.
+        held = read_safetensors_shapes(weights_path)
+        expected = expected_theta(cls, config, held, f"{config_path} (with {weights_path})")
+        check_names_and_shapes(expected, held, str(weights_path))
         tensors = safetensors.torch.load_file(weights_path)
     except FileNotFoundError:
         raise WeightsNotFoundError(f"{weights_path}: weights file is missing") from None
+    except WeightsError:
+        raise
     except (safetensors.SafetensorError, OSError, ValueError) as error:
         raise WeightsError(
             f"{weights_path}: not a readable safetensors file, truncated or corrupted ({error})"
         ) from None
-    theta = validate_theta(cls.init_theta(config, None), tensors, str(weights_path))
+    theta = validate_theta(expected, tensors, str(weights_path))
     return Pretrained(
         architecture=cls.architecture,
         config=config,
