@@ -115,7 +115,8 @@ def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             raise corrupted(f"tensor {name!r} has data_offsets {offsets!r}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_bytes or end - begin != math.prod(shape) * _ITEM_BYTES[dtype]:
-            raise corrupted(f"tensor {name!r} of shape {shape} ({dtype}) does not fit bytes {begin}-{end} of {data_bytes}")
+            fits = f"bytes {begin}-{end} of {data_bytes}"
+            raise corrupted(f"tensor {name!r} of shape {shape} ({dtype}) does not fit {fits}")
         shapes[name] = tuple(shape)
     return shapes
 
