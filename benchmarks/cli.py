@@ -1,9 +1,12 @@
 """``learned-optim bench SUITE`` (also ``python -m benchmarks SUITE`` in a checkout).
 
-Suites: quick (the recommended learned optimizers, a few minutes), mnist, transfer, resnet50
-(every pretrained learned optimizer; see ``benchmarks.suites``): each learned optimizer at lr = 1
-against SGD, SGD with momentum and Adam, each at its tuned learning rate, and judged against the
-best of those three at each reported step. overhead: step time and peak memory against
+Suites: quick (a few minutes: the recommended learned optimizers and the published Celo2 in a
+ReLU CNN, a character Transformer and the sigmoid MNIST MLP, a slice of ``real`` with its
+protocol at a constant rate; see ``benchmarks.quick_suite``; ends with one line per learned
+optimizer: where it wins and where it loses). mnist, transfer, resnet50 (every pretrained learned
+optimizer; see ``benchmarks.suites``): each learned optimizer at its default lr against SGD, SGD
+with momentum and Adam, each at its tuned learning rate, and judged against the best of those
+three at each reported step. overhead: step time and peak memory against
 torch.optim.Adam (``benchmarks.overhead``). real: ordinary PyTorch training loops (a wide ReLU CNN, a
 deep SiLU MLP, a character Transformer, an autoencoder, logistic regression) outside the
 meta-training distribution, each recommended learned optimizer at its default lr against Adam at
@@ -50,10 +53,13 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("suite", choices=[*SUITES, "real", "overhead"])
+    parser.add_argument("suite", choices=["quick", *SUITES, "real", "overhead"])
     parser.add_argument("--out", type=Path, help="results folder (default: bench-results/<suite>)")
     parser.add_argument(
-        "--optimizers", nargs="*", help="learned optimizers (default: quick: the recommended ones; others: all)"
+        "--optimizers",
+        nargs="*",
+        help="learned optimizers (default: quick, real, resnet50: the recommended ones, quick with celo2-published; "
+        "others: all)",
     )
     parser.add_argument("--baselines", nargs="*", help="subset of the suite's baselines (sgd, sgd-momentum, adam)")
     parser.add_argument("--tasks", nargs="*", help="train these tasks instead of the suite's")
@@ -86,6 +92,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "learned-optim bench") -
         return 0
     if args.suite == "real":
         return _run_real(args, out, command)
+    if args.suite == "quick":
+        return _run_quick(args, out, command)
     suite = with_overrides(SUITES[args.suite], args.tasks, args.steps, args.report, args.seeds, args.tuning_seeds)
     results = run_suite(
         suite, out, args.optimizers, args.baselines, args.device, progress=not args.no_progress, command=command
@@ -121,6 +129,30 @@ def _run_real(args: argparse.Namespace, out: Path, command: str) -> int:
         paths += update_cards(results.data, results.data["summary"])
     print(paths[0].read_text())
     print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
+    return 0
+
+
+def _run_quick(args: argparse.Namespace, out: Path, command: str) -> int:
+    from .quick_suite import one_line_summaries, run_quick_suite, write_quick_reports
+    from .real_suite import SEEDS, TUNING_SEEDS
+
+    results = run_quick_suite(
+        out,
+        optimizers=args.optimizers,
+        device=args.device,
+        progress=not args.no_progress,
+        command=command,
+        steps=args.steps,
+        seeds=args.seeds or SEEDS,
+        tuning_seeds=args.tuning_seeds or TUNING_SEEDS,
+    )
+    paths = write_quick_reports(results.data, out)
+    results.write()
+    print(paths[0].read_text())
+    print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
+    print("\nIn one line, against the best tuned baseline (Adam or SGD with momentum, tuned per loop):")
+    for line in one_line_summaries(results.data, results.data["summary"]):
+        print(f"  {line}")
     return 0
 
 

@@ -12,6 +12,11 @@ Python source. Each loop here differs from that in architecture, data or loss:
 - ``fashion-autoencoder``: an MLP autoencoder on Fashion-MNIST, a regression loss;
 - ``mnist-logistic``: logistic regression on raw MNIST pixels, a convex problem.
 
+``CLASSIC_LOOPS`` holds the learned-optimization literature's classic, the sigmoid 784-20-10 MLP
+on MNIST (Andrychowicz et al. 2016), as an ordinary loop: inside the meta-training distribution
+(the ``-mnist`` weights were trained on it), so not part of the ``real`` suite, but the loop the
+``quick`` suite keeps because tuned rates there are far above Adam's default.
+
 Image loops train on the half of the training images meta-training never used (the ``valid``
 half of ``meta.tasks.images``), tune on a fixed sample of the other half, and report on the test
 split.
@@ -215,6 +220,10 @@ def _deep_mlp(width: int = 48, hidden_layers: int = 5) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
+def _sigmoid_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 20), nn.Sigmoid(), nn.Linear(20, 10))
+
+
 def _autoencoder() -> nn.Module:
     return nn.Sequential(
         nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(),
@@ -282,3 +291,18 @@ LOOPS: dict[str, Loop] = {
         ),
     )
 }
+
+CLASSIC_LOOPS: dict[str, Loop] = {
+    "mnist-mlp-sigmoid": Loop(
+        "mnist-mlp-sigmoid",
+        "the classic L2O task: MLP 784-20-10, sigmoid, raw [0, 1] MNIST, batch 128 (the -mnist weights' training task)",
+        300,
+        128,
+        _sigmoid_mlp,
+        lambda: _image_halves("MNIST"),
+        nn.functional.cross_entropy,
+        "accuracy",
+        True,
+    ),
+}
+ALL_LOOPS: dict[str, Loop] = LOOPS | CLASSIC_LOOPS

@@ -18,7 +18,7 @@ TARGET_LABELS = {
 }
 
 
-def _value(figures: dict[str, Any], key: str, as_percent: bool = False) -> str:
+def figure_text(figures: dict[str, Any], key: str, as_percent: bool = False) -> str:
     if figures["diverged"]:
         steps = ", ".join(str(s) for s in figures["diverged_at"] if s is not None)
         return f"diverged (step {steps})"
@@ -51,8 +51,8 @@ def loop_table(plan: dict[str, Any], by_schedule: dict[str, Any], data: dict[str
             label = name if name == AS_WRITTEN or name.endswith(TUNED) else display_name(name, data)
             star = "*" if figures.get("lr_at_grid_edge") else ""
             cells = [
-                schedule, label, f"{figures['lr']:g}{star}", _value(figures, "train_loss"),
-                _value(figures, "test_metric", as_percent=accuracy),
+                schedule, label, f"{figures['lr']:g}{star}", figure_text(figures, "train_loss"),
+                figure_text(figures, "test_metric", as_percent=accuracy),
                 f"{figures.get('step_time_vs_adam', math.nan):.2f}×",
                 f"{figures.get('optimizer_step_vs_adam_foreach', math.nan):.2f}×",
                 _yes_no(figures, "beats_adam"), _yes_no(figures, "within_5_percent"),
@@ -189,14 +189,14 @@ def card_block(name: str, data: dict[str, Any], summary: dict[str, Any]) -> str:
             adam = rows.get(AS_WRITTEN)
             best_name = figures.get("best_baseline")
             best = rows.get(f"{best_name}{TUNED}") if best_name else None
-            best_text = "—" if best is None else f"{best_name} at {best['lr']:g}: {_value(best, 'train_loss')}"
-            metric = _value(figures, "test_metric", as_percent=accuracy)
+            best_text = "—" if best is None else f"{best_name} at {best['lr']:g}: {figure_text(best, 'train_loss')}"
+            metric = figure_text(figures, "test_metric", as_percent=accuracy)
             if "best_metric" in figures:
                 scale = 100 if accuracy else 1
                 metric += f" ({scale * figures['best_metric']:.4g}{'%' if accuracy else ''})"
             lines.append(
-                f"| {loop} | {schedule} | {_value(figures, 'train_loss')} | "
-                f"{'—' if adam is None else _value(adam, 'train_loss')} | {best_text} | {metric} | "
+                f"| {loop} | {schedule} | {figure_text(figures, 'train_loss')} | "
+                f"{'—' if adam is None else figure_text(adam, 'train_loss')} | {best_text} | {metric} | "
                 f"{_yes_no(figures, 'beats_adam')} | {_yes_no(figures, 'within_5_percent')} |"
             )
     for schedule, counts in summary["targets"].get(name, {}).items():

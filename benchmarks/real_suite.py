@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from learned_optim.provenance import environment
 
-from .real_loops import LOOPS, Loop
+from .real_loops import ALL_LOOPS, LOOPS, Loop
 from .real_training import SCHEDULES, RealCellSpec, run_real_cell
 from .runner import weights_digest
 from .stats import mean, std, verdict
@@ -90,22 +90,35 @@ def run_real_suite(
     progress: bool = True,
     command: str = "",
     grids: dict[str, tuple[float, ...]] | None = None,
+    schedules: tuple[str, ...] = SCHEDULES,
+    suite: str = "real",
+    description: str = DESCRIPTION,
+    protocol: str = PROTOCOL,
 ) -> Results:
-    """Run (or resume) the suite into ``out/results.json``, written after every cell."""
+    """Run (or resume) the suite into ``out/results.json``, written after every cell.
+
+    ``loops`` default to ``LOOPS``; any of ``ALL_LOOPS`` may be named. ``suite``, ``description``,
+    ``protocol`` and ``schedules`` let another suite (``quick``) run a slice of this one.
+    """
     results = Results(out / "results.json", schema=SCHEMA)
     grids = dict(GRIDS if grids is None else grids)
     baselines = list(grids) if baselines is None else baselines
-    unknown = [b for b in baselines if b not in grids] + [name for name in loops or () if name not in LOOPS]
+    unknown = [b for b in baselines if b not in grids] + [name for name in loops or () if name not in ALL_LOOPS]
+    unknown += [schedule for schedule in schedules if schedule not in SCHEDULES]
     if unknown:
-        raise ValueError(f"unknown baselines or loops {unknown}: baselines {sorted(grids)}, loops {sorted(LOOPS)}")
+        raise ValueError(
+            f"unknown baselines, loops or schedules {unknown}: baselines {sorted(grids)}, loops {sorted(ALL_LOOPS)}, "
+            f"schedules {list(SCHEDULES)}"
+        )
     learned = learned_optimizers("recommended") if optimizers is None else optimizers
     digests = {name: weights_digest(name) for name in learned}
-    plans = [LOOPS[name] if steps is None else replace(LOOPS[name], steps=steps) for name in loops or LOOPS]
+    plans = [ALL_LOOPS[name] if steps is None else replace(ALL_LOOPS[name], steps=steps) for name in loops or LOOPS]
     data = {loop.name: loop.load_data() for loop in plans}
     results.data.update(
-        suite="real",
-        description=DESCRIPTION,
-        protocol=" ".join(PROTOCOL.split()),
+        suite=suite,
+        description=description,
+        protocol=" ".join(protocol.split()),
+        schedules=list(schedules),
         command=command or results.data.get("command", ""),
         environment=environment(device, ignore=[results.path]),
         loops=[_plan(loop, data[loop.name].source, seeds, tuning_seeds) for loop in plans],
@@ -114,7 +127,7 @@ def run_real_suite(
         learned=learned,
         recommendations=recommendations(learned),
     )
-    bar = tqdm(desc="bench real", unit="cell", disable=not progress)
+    bar = tqdm(desc=f"bench {suite}", unit="cell", disable=not progress)
 
     def run(phase: str, spec: RealCellSpec, digest: str | None = None) -> None:
         key = cell_key(phase, spec)
@@ -137,7 +150,7 @@ def run_real_suite(
         finals: list[tuple[str, float | None]] = [("adam", ADAM_AS_WRITTEN)] if "adam" in baselines else []
         finals += [(b, tuned_rate(results.cells, loop.name, b, grids[b], loop.steps)) for b in baselines]
         finals += [(name, None) for name in learned]
-        for schedule in SCHEDULES:
+        for schedule in schedules:
             for name, lr in dict.fromkeys(finals):  # tuned Adam at 1e-3 is the same cell as Adam as written
                 spec = RealCellSpec(loop.name, name, lr, schedule, final_seed_list, loop.steps, source)
                 run("final", spec, digests.get(name))
@@ -198,6 +211,8 @@ def judge(
         best_metric = max(metrics) if higher_is_better else min(metrics)
         metric = learned["test_metric"]["mean"]
         judged["best_baseline"] = best_loss["optimizer"]
+        judged["best_train_loss"] = best_loss["train_loss"]["mean"]
+        judged["vs_best"] = verdict(losses["per_seed"], best_loss["train_loss"]["per_seed"])
         judged["best_metric"] = best_metric
         judged["loss_within_5_percent"] = losses["mean"] <= (1 + WITHIN) * best_loss["train_loss"]["mean"]
         judged["metric_within_5_percent"] = (
@@ -251,7 +266,7 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
     for plan in data["loops"]:
         loop = plan["loop"]
         loops[loop] = {}
-        for schedule in SCHEDULES:
+        for schedule in data.get("schedules", SCHEDULES):
 
             def final(
                 name: str, lr: float | None, schedule: str = schedule, plan: dict = plan

@@ -17,7 +17,7 @@ import torch
 
 from learned_optim.factory import make_optimizer
 
-from .real_loops import LOOPS, Loop, LoopData, sample_batch
+from .real_loops import ALL_LOOPS, Loop, LoopData, sample_batch
 
 SCHEDULES = ("constant", "cosine")
 BASELINE_FACTORIES = {"adam": "adam-foreach", "sgd-momentum": "sgd-momentum"}  # suite name -> factory name
@@ -135,7 +135,7 @@ def _curve(runs: list[dict[str, Any]], steps: int) -> dict[str, list[float]]:
 
 def run_real_cell(spec: RealCellSpec, data: LoopData, device: str = "cpu") -> dict[str, Any]:
     """Train every seed of ``spec`` and return the cell: the spec's fields, per-seed figures, a curve, timings."""
-    loop = LOOPS[spec.loop]
+    loop = ALL_LOOPS[spec.loop]
     started = time.perf_counter()
     runs = [train_one_seed(loop, data, spec, seed, device) for seed in spec.seeds]
     per_seed = ["train_loss", "validation_loss", "diverged_at", "step_seconds", "optimizer_step_seconds"]

@@ -78,12 +78,6 @@ SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
         Suite(
-            "quick",
-            "a few minutes: the recommended learned optimizers on mnist-mlp, 3 seeds, 300 steps",
-            (_mlp("mnist-mlp", 300, (100, 300), 3, 2),),
-            learned="recommended",
-        ),
-        Suite(
             "mnist",
             "the classic task: mnist-mlp (784-20-10 sigmoid), 5 seeds, 10000 steps",
             (_mlp("mnist-mlp", 10000, (100, 1000, 2000, 10000), 5, 2),),

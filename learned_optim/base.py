@@ -127,9 +127,7 @@ def held_shapes(theta: Any, source: str) -> dict[str, tuple[int, ...]]:
     return {str(name): tuple(tensor.shape) for name, tensor in theta.items()}
 
 
-def check_names_and_shapes(
-    expected: Mapping[str, Tensor], held: Mapping[str, tuple[int, ...]], source: str
-) -> None:
+def check_names_and_shapes(expected: Mapping[str, Tensor], held: Mapping[str, tuple[int, ...]], source: str) -> None:
     """Refuse ``held`` (``{name: shape}``) unless it has exactly the names and shapes of ``expected``."""
     missing = sorted(set(expected) - set(held))
     unexpected = sorted(set(held) - set(expected))

@@ -3,14 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import shlex
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import learned_optim
 from learned_optim import hub
+
+LIST_MIN_WIDTH = 60  # narrower terminals still get whole names and a few words of summary
+_SUMMARY_MIN = 12
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to its first ". " outside brackets ("Lv et al. 2017" in parentheses is no end), one line."""
+    text = " ".join(text.split())
+    depth = 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif char == "." and depth == 0 and text[index + 1 : index + 2] == " ":
+            return text[: index + 1]
+    return text
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in "…" where it was cut (at a word boundary if one is near)."""
+    if len(text) <= width:
+        return text
+    cut = text[: max(width - 1, 0)]
+    space = cut.rfind(" ")
+    if space >= width * 2 // 3:  # cut at a word unless that loses too much
+        cut = cut[:space]
+    return cut.rstrip(" ,;:(-") + "…"
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -22,20 +54,73 @@ def _list(args: argparse.Namespace) -> int:
         searched = ", ".join(map(str, hub.weights_dirs())) or "(no weights folder exists)"
         print(f"no pretrained weights found; searched {searched}")
         return 0
-    columns = ("name", "architecture", "recommendation", "description")
-    header = {
-        "name": "NAME",
-        "architecture": "ARCHITECTURE",
-        "recommendation": "RECOMMENDATION",
-        "description": "DESCRIPTION",
-    }
+    columns = ("name", "architecture", "recommendation")
+    header = {"name": "NAME", "architecture": "ARCHITECTURE", "recommendation": "RECOMMENDATION", "summary": "SUMMARY"}
     # Recommended weights first; weights without a recommendation (your own) last.
     rank = {value: index for index, value in enumerate(hub.RECOMMENDATIONS)}
     entries = sorted(entries, key=lambda entry: rank.get(entry["recommendation"], len(rank)))
-    rows = [header, *({**entry, "recommendation": entry["recommendation"] or "—"} for entry in entries)]
-    widths = {c: max(len(row[c]) for row in rows) for c in columns[:-1]}
+    rows = [
+        header,
+        *(
+            {**entry, "recommendation": entry["recommendation"] or "—", "summary": first_sentence(entry["description"])}
+            for entry in entries
+        ),
+    ]
+    widths = {c: max(len(row[c]) for row in rows) for c in columns}
+    prefix = sum(widths.values()) + 2 * len(columns)  # the columns and the separators before the summary
+    width = max(shutil.get_terminal_size(fallback=(100, 24)).columns, LIST_MIN_WIDTH)
+    summary_width = max(width - prefix, _SUMMARY_MIN)
     for row in rows:
-        print("  ".join(f"{row[c]:<{widths[c]}}" for c in columns[:-1]) + "  " + row["description"])
+        line = "  ".join(f"{row[c]:<{widths[c]}}" for c in columns) + "  " + shorten(row["summary"], summary_width)
+        print(line.rstrip())
+    print()
+    print("learned-optim show NAME: the card, config and recipe of one")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    directory = hub.resolve(args.name, revision=args.revision, cache_dir=args.cache_dir)
+    pretrained = hub.read_pretrained(directory)  # validates config.json and model.safetensors
+    card = directory / hub.CARD_NAME
+    if args.card:
+        if not card.is_file():
+            raise hub.WeightsNotFoundError(f"{args.name}: no model card ({hub.CARD_NAME}) in {directory}")
+        print(card.read_text(encoding="utf-8"), end="")
+        return 0
+    # Pretrained has no recommendation field; read_pretrained has just checked config.json.
+    recommendation = str(hub._read_config(directory).get("recommendation", "")) or "— (none given)"
+    name = Path(args.name).resolve().name if Path(args.name).is_dir() else str(args.name)
+    print(f"name: {name}")
+    print(f"architecture: {pretrained.architecture}")
+    print(f"recommendation: {recommendation}")
+    print(f"path: {directory}")
+    print()
+    print("config:")
+    config = dataclasses.asdict(pretrained.config) if dataclasses.is_dataclass(pretrained.config) else {}
+    rule = getattr(pretrained.config, "parsed", None)  # a symbolic rule: its formula, not its JSON tree
+    for key, value in config.items():
+        if key == "rule" and hasattr(rule, "infix"):
+            constants = pretrained.theta.get("constants")
+            if constants is not None:  # the (possibly meta-tuned) constants the optimizer uses
+                rule = rule.with_constants(constants.tolist())
+            shown = f"d = {rule.infix()}"
+        else:
+            shown = json.dumps(value) if isinstance(value, (list, dict, tuple, bool)) or value is None else str(value)
+        print(f"  {key}: {shown}")
+    print()
+    print("description:")
+    width = min(max(shutil.get_terminal_size(fallback=(100, 24)).columns, LIST_MIN_WIDTH), 100) - 2
+    print(textwrap.indent(textwrap.fill(pretrained.description or "(none)", width=width), "  "))
+    for title, value in (("recipe", pretrained.recipe), ("metrics", pretrained.metrics)):
+        if value:
+            print()
+            print(f"{title}:")
+            print(textwrap.indent(json.dumps(value, indent=2), "  "))
+    print()
+    if card.is_file():
+        print(f"card: {card} (learned-optim show {shlex.quote(args.name)} --card prints it)")
+    else:
+        print(f"card: none ({hub.CARD_NAME} is not in {directory})")
     return 0
 
 
@@ -169,10 +254,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser(
-        "list", help="list the pretrained weights: name, architecture, whether to use them, description"
+        "list", help="list the pretrained weights: name, architecture, whether to use them, a one-line summary"
     )
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument("--json", action="store_true", help="print JSON (full descriptions) instead of a table")
     listing.set_defaults(handler=_list)
+
+    show = commands.add_parser(
+        "show", help="one weights' architecture, config, recommendation, description, recipe, metrics and card"
+    )
+    show.add_argument("name", help="a shipped name (learned-optim list), a weights directory or a Hub repo id")
+    show.add_argument("--card", action="store_true", help="print the model card (README.md) instead")
+    show.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
+    show.add_argument("--cache-dir", help="Hub cache folder (default: huggingface_hub's)")
+    show.set_defaults(handler=_show)
 
     download = commands.add_parser("download", help="download weights from the Hugging Face Hub into its cache")
     download.add_argument("repo_id", help="Hub model repo, 'owner/name'")
@@ -250,7 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = argv
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+        return status
+    except BrokenPipeError:  # `learned-optim show NAME | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
+        return 1
     except (ValueError, KeyError, FileNotFoundError) as error:  # bad input: a message, not a traceback
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"learned-optim: error: {message}", file=sys.stderr)

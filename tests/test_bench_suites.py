@@ -36,7 +36,7 @@ CELL_KEYS = {
 
 
 def tiny_suite(**grids):
-    suite = suites.with_overrides(suites.SUITES["quick"], **TINY)
+    suite = suites.with_overrides(suites.SUITES["mnist"], **TINY)
     return suites.Suite(suite.name, suite.description, suite.plans, grids or {"sgd": (0.3, 0.1), "adam": (0.01,)})
 
 
@@ -89,7 +89,7 @@ def test_suite_writes_schema_tables_and_plot_then_resumes_without_recomputing(tm
     assert summary["hamiltonian-mnist"]["6"]["best_baseline"] == best
     assert summary["hamiltonian-mnist"]["6"]["vs_best_baseline"] in {"better", "worse", "tie"}
     assert "best_baseline" not in summary["adam"]["6"]  # baselines are not judged
-    assert data["recommendations"] == {"hamiltonian-mnist": "recommended"}
+    assert data["recommendations"] == {"hamiltonian-mnist": "not recommended"}
     assert summary["sgd"]["6"]["lr"] in (0.3, 0.1)
     markdown = (tmp_path / "results.md").read_text()
     assert "| hamiltonian-mnist |" in markdown and "train loss t=6" in markdown
@@ -159,12 +159,15 @@ def test_best_baseline_is_the_lowest_training_loss_at_that_step():
 
 
 def test_quick_runs_the_recommended_weights_and_the_others_every_one():
+    from benchmarks.quick_suite import default_optimizers
+
     every = suites.learned_optimizers("every")
-    recommended = suites.learned_optimizers(suites.SUITES["quick"].learned)
+    recommended = suites.learned_optimizers("recommended")
     assert set(recommended) < set(every) and "celo2-small-tasks" in recommended and "rnnprop-mnist" not in recommended
     assert not {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"} & set(recommended)
+    assert default_optimizers() == [*recommended, "celo2-published"]  # the field's reference beside ours
     assert all(suites.SUITES[name].learned == "every" for name in ("mnist", "transfer"))
-    assert all(suites.SUITES[name].learned == "recommended" for name in ("quick", "resnet50", "resnet50-gpu"))
+    assert all(suites.SUITES[name].learned == "recommended" for name in ("resnet50", "resnet50-gpu"))
     with pytest.raises(ValueError, match="'every' or 'recommended'"):
         suites.learned_optimizers("best")
 
@@ -185,11 +188,56 @@ def test_overrides_keep_the_final_step_reported():
 
 
 def test_command_line_runs_a_suite_and_prints_its_table(tmp_path, capsys):
-    argv = ["quick", "--out", str(tmp_path), "--steps", "4", "--report", "4", "--seeds", "1", "--tuning-seeds", "1"]
+    argv = ["mnist", "--out", str(tmp_path), "--steps", "4", "--report", "4", "--seeds", "1", "--tuning-seeds", "1"]
     assert bench_main([*argv, "--baselines", "adam", "--optimizers", "rnnprop-mnist", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "| rnnprop-mnist | 1 |" in printed and "| adam |" in printed
-    assert json.loads((tmp_path / "results.json").read_text())["command"].startswith("learned-optim bench quick")
+    assert json.loads((tmp_path / "results.json").read_text())["command"].startswith("learned-optim bench mnist")
+
+
+def test_quick_runs_its_loops_and_ends_with_one_line_per_learned_optimizer(tmp_path, capsys):
+    from benchmarks.quick_suite import LOOPS
+
+    argv = ["quick", "--out", str(tmp_path), "--steps", "3", "--seeds", "1", "--tuning-seeds", "1"]
+    assert bench_main([*argv, "--optimizers", "hamiltonian-mnist", "celo2-published", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["suite"] == "quick" and [p["loop"] for p in data["loops"]] == list(LOOPS)
+    assert {c["schedule"] for c in data["cells"].values()} == {"constant"}  # no cosine runs in quick
+    last_lines = printed.rstrip().splitlines()[-2:]
+    for name, line in zip(("hamiltonian-mnist", "celo2-published (study object)"), last_lines, strict=True):
+        assert line.strip().startswith(f"{name}: ") and "beats Adam at 1e-3 on" in line
+        named = [loop for loop in LOOPS if loop in line]
+        assert named == list(LOOPS), line  # each loop gets its verdict
+        assert any(word in line for word in ("better on", "within 5% on", "worse on", "diverged on"))
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## In one line" in markdown and "## Against the best tuned baseline" in markdown
+
+
+def test_peak_memory_is_shown_only_where_it_measures_the_optimizer(monkeypatch):
+    def cell(optimizer, parameters):
+        at = {"train_loss": [1.0], "test_accuracy": [0.5]}
+        return {
+            "phase": "final", "task": "t", "optimizer": optimizer, "lr": 0.1, "at": {"10": at}, "diverged_at": [None],
+            "step_seconds": 0.01, "state_bytes_per_run": 8, "parameters_per_run": parameters,
+            "peak_bytes": 2_000_000 if optimizer == "sgd" else 1_000_000,
+        }  # fmt: skip
+
+    def table(parameters):
+        data = {
+            "plans": [{"task": "t", "steps": 10, "report": [10], "seeds": 1, "tuning_seeds": 1}],
+            "baselines": ["adam"], "grids": {"adam": [0.1]}, "learned": ["sgd"], "learned_lrs": {"sgd": 0.1},
+            "cells": {"tune": {**cell("adam", parameters), "phase": "tune", "at": {"10": {"validation_loss": [1.0]}}},
+                      "a": cell("adam", parameters), "b": cell("sgd", parameters)},
+        }  # fmt: skip
+        summary = report.summarize(data)
+        return report.task_table("t", summary["t"], data)
+
+    sgd_row = next(line for line in table(16_000).splitlines() if line.startswith("| sgd |"))
+    assert sgd_row.endswith("| — |")  # a 16k-parameter model: allocator noise, not shown
+    large = table(report.PEAK_MEMORY_MIN_PARAMETERS)
+    sgd_row = next(line for line in large.splitlines() if line.startswith("| sgd |"))
+    assert sgd_row.endswith("| 2.00× |")
 
 
 def test_resnet50_parameter_set_has_resnet50_shapes():
@@ -256,5 +304,5 @@ def test_runs_cached_without_peak_memory_get_it_measured_afresh(tmp_path):
     markdown = (tmp_path / "results.md").read_text()
     assert "peak memory ÷ Adam" in markdown and "measured afterwards in fresh processes" in markdown
     adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam |"))
-    assert adam_row.endswith("| 1.00× |")
+    assert adam_row.endswith("| — |")  # the MNIST MLP is below PEAK_MEMORY_MIN_PARAMETERS
     assert peak_memory.fill(tmp_path, steps=2, device="cpu", threads=1, command="again", progress=False) == []

@@ -73,11 +73,12 @@ def test_shipped_weights_say_whether_to_use_them():
 
     shipped = {entry["name"]: entry["recommendation"] for entry in lo.list_pretrained()}
     assert set(shipped.values()) <= set(RECOMMENDATIONS)
-    study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"}
+    study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned", "celo2-published"}
     assert {name for name, use in shipped.items() if use == "study object"} == study_objects
-    assert {"celo2-small-tasks", "hamiltonian-mnist"} <= {name for name, use in shipped.items() if use == "recommended"}
+    assert {"celo2-small-tasks"} <= {name for name, use in shipped.items() if use == "recommended"}
     not_recommended = {name for name, use in shipped.items() if use == "not recommended"}
-    assert {"rnnprop-mnist", "symbolic-rnnprop-mnist"} <= not_recommended
+    # Weights that meet no generalist target are not called recommended (issue: the families as generalists).
+    assert {"rnnprop-mnist", "symbolic-rnnprop-mnist", "hamiltonian-mnist"} <= not_recommended
 
 
 def test_save_pretrained_records_a_known_recommendation_only(tmp_path):
