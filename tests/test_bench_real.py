@@ -156,7 +156,7 @@ def test_command_line_lists_and_runs_the_real_suite(tmp_path, capsys, monkeypatc
     assert bench_main([*argv, "--optimizers", "--no-progress", "--threads", "1"]) == 0
     assert "| constant | adam@1e-3 |" in capsys.readouterr().out
     assert (tmp_path / "real.png").exists()
-    with pytest.raises(ValueError, match="unknown baselines or loops"):
+    with pytest.raises(ValueError, match="unknown baselines, loops or schedules"):
         real_suite.run_real_suite(tmp_path, loops=["resnet"], progress=False)
 
 

@@ -219,6 +219,7 @@ def test_peak_memory_is_shown_only_where_it_measures_the_optimizer(monkeypatch):
         at = {"train_loss": [1.0], "test_accuracy": [0.5]}
         return {
             "phase": "final", "task": "t", "optimizer": optimizer, "lr": 0.1, "at": {"10": at}, "diverged_at": [None],
+            "seeds": [0], "steps": 10,
             "step_seconds": 0.01, "state_bytes_per_run": 8, "parameters_per_run": parameters,
             "peak_bytes": 2_000_000 if optimizer == "sgd" else 1_000_000,
         }  # fmt: skip
@@ -227,9 +228,10 @@ def test_peak_memory_is_shown_only_where_it_measures_the_optimizer(monkeypatch):
         data = {
             "plans": [{"task": "t", "steps": 10, "report": [10], "seeds": 1, "tuning_seeds": 1}],
             "baselines": ["adam"], "grids": {"adam": [0.1]}, "learned": ["sgd"], "learned_lrs": {"sgd": 0.1},
-            "cells": {"tune": {**cell("adam", parameters), "phase": "tune", "at": {"10": {"validation_loss": [1.0]}}},
-                      "a": cell("adam", parameters), "b": cell("sgd", parameters)},
+            "cells": {"a": cell("adam", parameters), "b": cell("sgd", parameters)},
         }  # fmt: skip
+        tuning = {**cell("adam", parameters), "phase": "tune", "at": {"10": {"validation_loss": [1.0]}}}
+        data["cells"]["tune/t/adam@0.1"] = tuning
         summary = report.summarize(data)
         return report.task_table("t", summary["t"], data)
 
