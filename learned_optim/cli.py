@@ -87,8 +87,7 @@ def _show(args: argparse.Namespace) -> int:
             raise hub.WeightsNotFoundError(f"{args.name}: no model card ({hub.CARD_NAME}) in {directory}")
         print(card.read_text(encoding="utf-8"), end="")
         return 0
-    # Pretrained has no recommendation field; read_pretrained has just checked config.json.
-    recommendation = str(hub._read_config(directory).get("recommendation", "")) or "— (none given)"
+    recommendation = pretrained.recommendation or "— (none given)"
     name = Path(args.name).resolve().name if Path(args.name).is_dir() else str(args.name)
     print(f"name: {name}")
     print(f"architecture: {pretrained.architecture}")
@@ -96,7 +95,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"path: {directory}")
     print()
     print("config:")
-    config = dataclasses.asdict(pretrained.config) if dataclasses.is_dataclass(pretrained.config) else {}
+    config = dataclasses.asdict(pretrained.config)
     rule = getattr(pretrained.config, "parsed", None)  # a symbolic rule: its formula, not its JSON tree
     for key, value in config.items():
         if key == "rule" and hasattr(rule, "infix"):

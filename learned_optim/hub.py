@@ -85,6 +85,7 @@ class Pretrained:
     metrics: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    recommendation: str = ""  # one of RECOMMENDATIONS, or "" for weights saved without one
 
     def build(self, params: ParamsT, **optimizer_kwargs: Any) -> LearnedOptimizer:
         """An optimizer of this architecture over ``params`` with these weights."""
@@ -171,6 +172,7 @@ def read_pretrained(directory: str | os.PathLike[str]) -> Pretrained:
         metrics=dict(document.get("metrics", {})),
         recipe=dict(document.get("recipe", {})),
         path=directory,
+        recommendation=str(document.get("recommendation", "")),
     )
 
 
