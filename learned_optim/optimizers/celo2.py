@@ -73,6 +73,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for, config_from_dict
+from learned_optim.optimizers import celo2_pointwise
 from learned_optim.validation import check_beta, check_epsilon, check_non_negative, check_positive
 
 FEATURE_DIMS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
@@ -292,6 +293,80 @@ def _broadcast_hidden(weight: Tensor, features: Tensor, param_dim: int) -> Tenso
     return torch.tensordot(weight, normalised, dims=([0], [0]))
 
 
+@dataclass
+class Accumulators:
+    """The new accumulators of one learned step and what the network reads of them besides."""
+
+    grad: Tensor  # the gradient with a leading feature axis, (1, *shape)
+    momentum: Tensor  # (momenta, *shape)
+    rms: Tensor  # (rms decays, *shape)
+    new_state: dict[str, Tensor]
+    weight: Tensor  # the first layer's rows of the per-coordinate features, (features, hidden)
+    broadcast: tuple[Tensor, ...]  # first-layer terms computed below full size (bias included)
+    row_factor: Tensor | None  # Adafactor's factors, broadcastable to (decays, *shape); None unfactored
+    col_factor: Tensor | None
+    fac_g: Tensor | None  # unfactored tensors: g / √(V + 1e-9), full size
+
+
+def accumulators(
+    theta: Mapping[str, Tensor], param: Tensor, grad: Tensor, state: Mapping[str, Tensor], config: Celo2Config
+) -> Accumulators:
+    """The accumulators' update and the network's inputs that do not depend on the coordinate."""
+    shape, ndim = param.shape, param.dim()
+    g = grad.unsqueeze(0)
+    beta_m = _decays(config.initial_momentum_decays, g, ndim)
+    beta_r = _decays(config.initial_rms_decays, g, ndim)
+    beta_f = _decays(config.initial_adafactor_decays, g, ndim)
+    grad_sq = g * g
+    momentum = torch.lerp(g, state["momentum"], beta_m)  # β m + (1 − β) g in one pass
+    rms = torch.lerp(grad_sq, state["rms"], beta_r)
+    new_state = {"momentum": momentum, "rms": rms}
+    dims = factored_dims(shape)
+    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])
+    groups = list(range(UNFACTORED_FEATURES))
+    row_factor = col_factor = fac_g = None
+    if dims is None:
+        factored = torch.lerp(grad_sq + 1e-30, state["factored"], beta_f)
+        fac_g = g * _rsqrt_floored(factored + 1e-9)
+        new_state["factored"] = factored
+        broadcast: tuple[Tensor, ...] = (theta["b0"].view(-1, *[1] * ndim),)
+    else:
+        rows, cols = dims
+        reduced = beta_f.view(-1, *[1] * (ndim - 1))
+        # mean(g² + 1e-30) as mean(g²) + 1e-30: one full-size pass fewer, equal to float rounding.
+        row = torch.lerp(grad_sq.mean(dim=cols + 1) + 1e-30, state["factored_row"], reduced)
+        col = torch.lerp(grad_sq.mean(dim=rows + 1) + 1e-30, state["factored_col"], reduced)
+        rows_in_row = 1 + (rows - 1 if rows > cols else rows)
+        row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
+        col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
+        new_state["factored_row"], new_state["factored_col"] = row, col
+        groups.append(len(config.feature_dims) - 1)
+        row_feature = row.unsqueeze(cols + 1)
+        col_feature = col.unsqueeze(rows + 1)
+        row_weight = first[_feature_rows(config, [9, 11])]
+        col_weight = first[_feature_rows(config, [10, 12])]
+        broadcast = (
+            _broadcast_hidden(row_weight, torch.cat([row_feature, torch.rsqrt(row_feature + 1e-8)]), ndim)
+            + theta["b0"].view(-1, *[1] * ndim),
+            _broadcast_hidden(col_weight, torch.cat([col_feature, torch.rsqrt(col_feature + 1e-8)]), ndim),
+        )
+    weight = first[_feature_rows(config, groups)]
+    return Accumulators(g, momentum, rms, new_state, weight, broadcast, row_factor, col_factor, fac_g)
+
+
+def finish_step(step: Tensor, param: Tensor, ndim: int, config: Celo2Config, options: Mapping[str, Any]) -> Tensor:
+    """The network's step scaled by the parameter's size, orthogonalised and RMS-normalised."""
+    if options["param_scale_mult"]:
+        step = torch.sqrt((param * param).mean() + 1e-9) * step
+    if options["orthogonalize"] and ndim >= 2:
+        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
+    axes = _last_two_axes(step, ndim)
+    scale = torch.rsqrt(1e-9 + (step * step).mean(dim=axes, keepdim=True))
+    if options["rmsmult"] != 1:
+        scale = scale * options["rmsmult"]
+    return step * scale
+
+
 # Coordinates per block of the learned path: a block's ~40 feature and hidden rows (about 2.5 MiB in
 # float32) stay in cache, where full-size rows would stream through memory once per operation.
 BLOCK_ELEMENTS = 1 << 14
@@ -333,45 +408,12 @@ def learned_step(
         state = {key: value.unsqueeze(-1) for key, value in state.items()}
     shape, ndim = param.shape, param.dim()
     numel = param.numel()
-    g = grad.unsqueeze(0)
-    beta_m = _decays(config.initial_momentum_decays, g, ndim)
-    beta_r = _decays(config.initial_rms_decays, g, ndim)
-    beta_f = _decays(config.initial_adafactor_decays, g, ndim)
-    grad_sq = g * g
-    momentum = torch.lerp(g, state["momentum"], beta_m)  # β m + (1 − β) g in one pass
-    rms = torch.lerp(grad_sq, state["rms"], beta_r)
-    new_state = {"momentum": momentum, "rms": rms}
-    dims = factored_dims(shape)
+    moments = accumulators(theta, param, grad, state, config)
+    g, momentum, rms, new_state = moments.grad, moments.momentum, moments.rms, moments.new_state
+    row_factor, col_factor = moments.row_factor, moments.col_factor
+    broadcast, weight = moments.broadcast, moments.weight
+    fac_g_full = moments.fac_g
     hidden_size = config.ff_hidden_size
-    first = torch.cat([theta[f"w0.{i}"] for i in range(len(config.feature_dims))])
-    groups = list(range(UNFACTORED_FEATURES))
-    if dims is None:
-        factored = torch.lerp(grad_sq + 1e-30, state["factored"], beta_f)
-        fac_g_full = g * _rsqrt_floored(factored + 1e-9)
-        new_state["factored"] = factored
-        row_factor = col_factor = None
-        broadcast = (theta["b0"].view(-1, *[1] * ndim),)
-    else:
-        rows, cols = dims
-        reduced = beta_f.view(-1, *[1] * (ndim - 1))
-        # mean(g² + 1e-30) as mean(g²) + 1e-30: one full-size pass fewer, equal to float rounding.
-        row = torch.lerp(grad_sq.mean(dim=cols + 1) + 1e-30, state["factored_row"], reduced)
-        col = torch.lerp(grad_sq.mean(dim=rows + 1) + 1e-30, state["factored_col"], reduced)
-        rows_in_row = 1 + (rows - 1 if rows > cols else rows)
-        row_factor = _rsqrt_floored(row / (row.mean(dim=rows_in_row, keepdim=True) + 1e-9)).unsqueeze(cols + 1)
-        col_factor = _rsqrt_floored(col).unsqueeze(rows + 1)
-        new_state["factored_row"], new_state["factored_col"] = row, col
-        groups.append(len(config.feature_dims) - 1)
-        row_feature = row.unsqueeze(cols + 1)
-        col_feature = col.unsqueeze(rows + 1)
-        row_weight = first[_feature_rows(config, [9, 11])]
-        col_weight = first[_feature_rows(config, [10, 12])]
-        broadcast = (
-            _broadcast_hidden(row_weight, torch.cat([row_feature, torch.rsqrt(row_feature + 1e-8)]), ndim)
-            + theta["b0"].view(-1, *[1] * ndim),
-            _broadcast_hidden(col_weight, torch.cat([col_feature, torch.rsqrt(col_feature + 1e-8)]), ndim),
-        )
-    weight = first[_feature_rows(config, groups)]
 
     def features(start: int, stop: int) -> Tensor:
         """The per-coordinate feature rows of the block, unnormalised: ``(count, stop − start, …)``."""
@@ -466,15 +508,7 @@ def learned_step(
     if scalar:
         step, ndim = step.view(()), 0
         new_state = {key: value.squeeze(-1) for key, value in new_state.items()}
-    if options["param_scale_mult"]:
-        step = torch.sqrt((param * param).mean() + 1e-9) * step
-    if options["orthogonalize"] and ndim >= 2:
-        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
-    axes = _last_two_axes(step, ndim)
-    scale = torch.rsqrt(1e-9 + (step * step).mean(dim=axes, keepdim=True))
-    if options["rmsmult"] != 1:
-        scale = scale * options["rmsmult"]
-    return step * scale, new_state
+    return finish_step(step, param, ndim, config, options), new_state
 
 
 _OUTSIDE_GRAPHS: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {}
@@ -494,6 +528,23 @@ def _learned_step_outside_graphs() -> Callable[..., tuple[Tensor, dict[str, Tens
     if wrapped is None:
         wrapped = _OUTSIDE_GRAPHS["learned_step"] = torch.compiler.disable(learned_step)
     return wrapped
+
+
+def compiled_learned_step(
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    config: Celo2Config,
+    options: Mapping[str, Any],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``learned_step`` for torch.compile to trace: tensors of 2 or more axes through the
+    pointwise network (``celo2_pointwise``, which Inductor fuses into two loops), others eager."""
+    if param.dim() < 2:
+        return _learned_step_outside_graphs()(theta, param, grad, state, config, options)
+    moments = accumulators(theta, param, grad, state, config)
+    step = celo2_pointwise.network_step(theta, param, grad, moments, config, options)
+    return finish_step(step, param, param.dim(), config, options), moments.new_state
 
 
 def adamw_step(
@@ -544,7 +595,7 @@ def update(
         decay = options["weight_decay"] if decay is None else decay
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
-        step_fn = _learned_step_outside_graphs() if torch.compiler.is_compiling() else learned_step
+        step_fn = compiled_learned_step if torch.compiler.is_compiling() else learned_step
         direction, new_state = step_fn(theta, param, g, state, config, options)
         # The normalisations spread the step over every coordinate; one whose momenta are all
         # still exactly zero has never seen a gradient and stays put (learned_optim/features/
