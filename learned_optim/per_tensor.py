@@ -65,6 +65,21 @@ def compiled_update(optimizer: Any) -> Callable[..., tuple[Tensor, dict[str, Ten
     return optimizer._compiled_step
 
 
+def fused_update(optimizer: Any, param: Tensor) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """What a fused step runs for ``param``: the architecture's compiled kernel where it has one
+    that applies (``kernel_update(param)``, e.g. Celo2's CPU kernel), else the ``torch.compile``d update."""
+    kernel_update = getattr(optimizer, "kernel_update", None)
+    update = kernel_update(param) if kernel_update is not None else None
+    if update is None:
+        return compiled_update(optimizer)
+    config = optimizer.config
+
+    def run(theta: Any, grad: Tensor, state: Any, step: Tensor, param: Tensor, options: Any) -> Any:
+        return update(theta, grad, state, step, config, param=param, options=options)
+
+    return run
+
+
 def step_whole_tensors(optimizer: Any, work: list[tuple[dict[str, Any], Tensor, dict[str, Tensor]]]) -> None:
     """One step of every ``(group, parameter, state)`` in ``work``, each on its whole tensor."""
     scales = optimizer.gradient_scales([group for group, _, _ in work])
@@ -90,7 +105,7 @@ def step_tensor(optimizer: Any, p: Tensor, grad: Tensor, state: dict[str, Tensor
     step = state["step"].to(device=param.device)
     options = optimizer.options_of(group)
     if group.get("fused", False):
-        direction, new_state = compiled_update(optimizer)(theta, grad, tensors, step, param, options)
+        direction, new_state = fused_update(optimizer, param)(theta, grad, tensors, step, param, options)
     else:
         direction, new_state = optimizer.update(
             theta, grad, tensors, step, optimizer.config, param=param, options=options

@@ -196,6 +196,7 @@ def test_a_one_element_lr_tensor_of_any_shape_is_the_float_lr():
         ({"adam_eps": -1.0}, "Invalid epsilon value: -1.0"),
         ({"weight_decay": -0.1}, "Invalid weight_decay value: -0.1"),
         ({"lr": -1.0}, "Invalid learning rate: -1.0"),
+        ({"ns_dtype": "float16"}, "Invalid ns_dtype value: float16"),
     ],
 )
 def test_invalid_options_get_torch_messages(kwargs, message):
@@ -273,3 +274,17 @@ def test_meta_training_celo2_with_an_imitation_warm_start_writes_loadable_weight
     weights = export_weights(trainer, result, tmp_path / "weights", "pytest")
     optimizer = lo.load(str(weights), [torch.nn.Parameter(torch.randn(3, 4))])
     assert isinstance(optimizer, lo.Celo2)
+
+
+def test_newton_schulz_in_bfloat16_is_the_float32_step_to_bfloat16_rounding():
+    weight = torch.nn.Parameter(torch.randn(16, 24, generator=torch.Generator().manual_seed(1)))
+    steps = {}
+    for ns_dtype in ("float32", "bfloat16"):
+        param = torch.nn.Parameter(weight.detach().clone())
+        optimizer = lo.Celo2([param], ns_dtype=ns_dtype, theta=reference_weights())
+        param.grad = torch.randn(16, 24, generator=torch.Generator().manual_seed(2))
+        optimizer.step()
+        steps[ns_dtype] = (weight - param).detach()
+        assert param.dtype == torch.float32 and optimizer.state[param]["momentum"].dtype == torch.float32
+    assert not torch.equal(steps["bfloat16"], steps["float32"])  # the products did run in bfloat16
+    torch.testing.assert_close(steps["bfloat16"], steps["float32"], rtol=0, atol=0.05 * steps["float32"].abs().max())

@@ -50,6 +50,7 @@ def test_installed_wheel_finds_shipped_weights_by_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "learned_optim/pretrained/wheel-test/model.safetensors" in names
     assert "learned_optim/meta/tasks/data.py" in names
+    assert "learned_optim/optimizers/celo2_kernel.cpp" in names  # Celo2's CPU kernel builds from it
     assert "learned_optim/benchmarks/cli.py" in names and not any("benchmarks/results" in n for n in names)
     developer_tools = [n for n in names if n.startswith("tools/") or "/tools/" in n or "meta_speed" in n]
     assert developer_tools == [], developer_tools  # tools/ stays in the checkout

@@ -91,3 +91,14 @@ def test_distill_ceiling_tells_informative_inputs_from_useless_ones():
     heldout = dataset.heldout_mask(0.25).numpy()
     assert ceiling(dataset, ("g",), heldout) > 0.99
     assert ceiling(dataset, ("inv_step",), heldout) < 0.1
+
+
+def test_roofline_bounds_each_step_by_its_slower_resource():
+    from tools import roofline
+
+    speed = {"square_matmul_gflops": 100.0, "add_gbytes_per_second": 10.0}
+    rows = {row["step"]: row for row in roofline.bounds(10 * 1024 * 1024, speed)}
+    adam, celo2 = rows["Adam"], rows["Celo2 (learned path + Newton–Schulz)"]
+    assert adam["bound_seconds"] == adam["memory_seconds"] == 28 * 10 * 1024 * 1024 / 10e9  # streams
+    assert celo2["bound_seconds"] == celo2["compute_seconds"] > 30 * 1024 * 10 * 1024 * 1024 / 100e9  # computes
+    assert rows["Celo2 learned path (celo2-base)"]["bound_seconds"] < celo2["bound_seconds"]

@@ -33,7 +33,8 @@ hidden 8, two hidden layers, 3 outputs) that runs on every coordinate::
 
     (d, s, ·) = MLP(features)
     u = d · exp(exp_mult · s)                                 (· √(mean p² + 1e-9) if param_scale_mult)
-    u ← NewtonSchulz(u)                                       if orthogonalize, on the last two axes:
+    u ← NewtonSchulz(u)                                       if orthogonalize, on the last two axes
+                                                              (its products in ``ns_dtype``):
             X ← u / (‖u‖_F + ε);  5 × { A = X Xᵀ;  X ← a X + (b A + c A²) X }    (a, b, c) = ns_coeffs
     u ← rmsmult · u / √(mean(u²) + 1e-9)                      over the last two axes
     p ← p − lr · (u + weight_decay · p)
@@ -62,6 +63,7 @@ them: its normalisation and orthogonalisation spread the step over the whole ten
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -73,7 +75,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for, config_from_dict
-from learned_optim.optimizers import celo2_pointwise
+from learned_optim.optimizers import celo2_kernel, celo2_pointwise
 from learned_optim.validation import check_beta, check_epsilon, check_non_negative, check_positive
 
 FEATURE_DIMS = (1, 1, 1, 3, 1, 3, 1, 3, 1, 3, 3, 3, 3, 3)
@@ -155,7 +157,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "param_scale_mult": False,
     "grad_clip_val": 1000.0,
     "is_embedding": False,
+    "ns_dtype": "float32",  # or "bfloat16": Newton–Schulz's products where bfloat16 matrix units are fast
 }
+NS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def init_theta(config: Celo2Config, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -186,8 +190,19 @@ def factored_dims(shape: tuple[int, ...] | torch.Size) -> tuple[int, int] | None
     """(second largest, largest) axis of ``shape`` — ties in axis order — or None below 2 axes."""
     if len(shape) < 2:
         return None
-    order = sorted(range(len(shape)), key=lambda axis: shape[axis])
-    return order[-2], order[-1]
+
+    def above(a: int, b: int) -> bool:  # a after b in a stable ascending sort by size
+        return shape[a] > shape[b] or (shape[a] == shape[b] and a > b)
+
+    # Comparisons, not sorted(): torch.compile traces comparisons of symbolic sizes (as guards) but
+    # breaks its graph on a sort keyed by them.
+    largest, second = (1, 0) if above(1, 0) else (0, 1)
+    for axis in range(2, len(shape)):
+        if above(axis, largest):
+            largest, second = axis, largest
+        elif above(axis, second):
+            second = axis
+    return second, largest
 
 
 def uses_adamw(param: Tensor, options: Mapping[str, Any]) -> bool:
@@ -359,7 +374,8 @@ def finish_step(step: Tensor, param: Tensor, ndim: int, config: Celo2Config, opt
     if options["param_scale_mult"]:
         step = torch.sqrt((param * param).mean() + 1e-9) * step
     if options["orthogonalize"] and ndim >= 2:
-        step = newton_schulz(step, config.ns_coeffs, config.ns_iters, config.ns_eps)
+        dtype = NS_DTYPES[options["ns_dtype"]] if step.dtype == torch.float32 else step.dtype  # float64 stays
+        step = newton_schulz(step.to(dtype), config.ns_coeffs, config.ns_iters, config.ns_eps).to(step.dtype)
     axes = _last_two_axes(step, ndim)
     scale = torch.rsqrt(1e-9 + (step * step).mean(dim=axes, keepdim=True))
     if options["rmsmult"] != 1:
@@ -514,20 +530,40 @@ def learned_step(
 _OUTSIDE_GRAPHS: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {}
 
 
-def _learned_step_outside_graphs() -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
-    """``learned_step`` run eagerly even while torch.compile traces the update (fused=True, compiled
-    meta-training): traced, the block loop would unroll into the graph, and Inductor's full-size
-    fusion of the step measured 2-3x slower than the cache-sized eager blocks; the rest of the
-    update compiles around it.
+def _outside_graphs(step_fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]) -> Callable[..., Any]:
+    """``step_fn`` run eagerly even while torch.compile traces the update (fused=True, compiled
+    meta-training): traced, its block loop would unroll into the graph; the rest of the update
+    compiles around it.
 
     Wrapped on first use, not at import: ``torch.compiler.disable`` imports torch._dynamo (and
     sympy), which ``import learned_optim`` must not. The first trace breaks its graph once here to
     build the wrapper; later traces find it built.
     """
-    wrapped = _OUTSIDE_GRAPHS.get("learned_step")
+    wrapped = _OUTSIDE_GRAPHS.get(step_fn.__name__)
     if wrapped is None:
-        wrapped = _OUTSIDE_GRAPHS["learned_step"] = torch.compiler.disable(learned_step)
+        wrapped = _OUTSIDE_GRAPHS[step_fn.__name__] = torch.compiler.disable(step_fn)
     return wrapped
+
+
+def kernel_learned_step(
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    config: Celo2Config,
+    options: Mapping[str, Any],
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``learned_step`` with the network in the CPU kernel (``celo2_kernel``), where it applies;
+    its step is already zero where a coordinate has never had a gradient (the kernel finds them)."""
+    moments = accumulators(theta, param, grad, state, config)
+    factored = factored_dims(param.shape)
+    assert factored is not None  # the kernel takes tensors of 2 or more axes
+    step, untouched = celo2_kernel.network_step(theta, param, grad, moments, config, options, factored)
+    step = finish_step(step, param, param.dim(), config, options)
+    return step.masked_fill_(untouched, 0.0), moments.new_state
+
+
+kernel_learned_step.zeroes_untouched = True  # type: ignore[attr-defined]
 
 
 def compiled_learned_step(
@@ -538,10 +574,10 @@ def compiled_learned_step(
     config: Celo2Config,
     options: Mapping[str, Any],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``learned_step`` for torch.compile to trace: tensors of 2 or more axes through the
-    pointwise network (``celo2_pointwise``, which Inductor fuses into two loops), others eager."""
+    """``learned_step`` for torch.compile to trace: tensors of 2 or more axes through the pointwise
+    network (``celo2_pointwise``, which Inductor fuses into two loops), others eager."""
     if param.dim() < 2:
-        return _learned_step_outside_graphs()(theta, param, grad, state, config, options)
+        return _outside_graphs(learned_step)(theta, param, grad, state, config, options)
     moments = accumulators(theta, param, grad, state, config)
     step = celo2_pointwise.network_step(theta, param, grad, moments, config, options)
     return finish_step(step, param, param.dim(), config, options), moments.new_state
@@ -572,9 +608,12 @@ def update(
     *,
     param: Tensor,
     options: Mapping[str, Any] | None = None,
+    learned: Callable[..., tuple[Tensor, dict[str, Tensor]]] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Pure per-tensor update at 1-based ``step``: the direction D, weight decay included
-    (p ← p − lr · D), and the new state. ``grad`` is already scaled by any global-norm clip."""
+    (p ← p − lr · D), and the new state. ``grad`` is already scaled by any global-norm clip.
+    ``learned``: the learned path's step function (default ``learned_step``, or its compiled
+    form while torch.compile traces; ``kernel_learned_step`` for the CPU kernel)."""
     options = {**DEFAULT_OPTIONS, **(options or {})}
     dtype = theta["b0"].dtype
     # Contiguous, so a transposed parameter gets the same reductions (bit for bit) as its copy.
@@ -595,12 +634,13 @@ def update(
         decay = options["weight_decay"] if decay is None else decay
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
-        step_fn = compiled_learned_step if torch.compiler.is_compiling() else learned_step
+        step_fn = learned or (compiled_learned_step if torch.compiler.is_compiling() else learned_step)
         direction, new_state = step_fn(theta, param, g, state, config, options)
         # The normalisations spread the step over every coordinate; one whose momenta are all
         # still exactly zero has never seen a gradient and stays put (learned_optim/features/
         # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
-        direction = torch.where((new_state["momentum"] == 0).all(dim=0), 0.0, direction)
+        if not getattr(step_fn, "zeroes_untouched", False):
+            direction = torch.where((new_state["momentum"] == 0).all(dim=0), 0.0, direction)
         if options["weight_decay"] != 0:
             direction = direction + options["weight_decay"] * param
     if mask:
@@ -636,6 +676,8 @@ def _check_options(options: Mapping[str, Any]) -> None:
     check_non_negative("adam_lr_mult", options["adam_lr_mult"])
     check_positive("clip_norm", options["clip_norm"])
     check_positive("grad_clip_val", options["grad_clip_val"])
+    if options["ns_dtype"] not in NS_DTYPES:
+        raise ValueError(f"Invalid ns_dtype value: {options['ns_dtype']} (one of {', '.join(NS_DTYPES)})")
     for name in ("exp_mult", "rmsmult"):
         if not math.isfinite(options[name]):
             raise ValueError(f"Invalid {name} value: {options[name]}")
@@ -670,6 +712,7 @@ class Celo2(LearnedOptimizer):
         rmsmult: float = 1.0,
         param_scale_mult: bool = False,
         grad_clip_val: float = 1000.0,
+        ns_dtype: str = "float32",
         ff_hidden_size: int | None = None,
         ff_hidden_layers: int | None = None,
         initial_momentum_decays: tuple[float, ...] | None = None,
@@ -702,6 +745,7 @@ class Celo2(LearnedOptimizer):
             "param_scale_mult": param_scale_mult,
             "grad_clip_val": grad_clip_val,
             "is_embedding": False,
+            "ns_dtype": ns_dtype,
         }
         _check_options({**options, "weight_decay": weight_decay})
         self._options = options
@@ -741,6 +785,16 @@ class Celo2(LearnedOptimizer):
             return None
         renamed = {_REFERENCE_NAMES.get(key, key): value for key, value in document.items()}
         return config_from_dict(Celo2Config, renamed, source)
+
+    def kernel_update(self, param: Tensor) -> Callable[..., tuple[Tensor, dict[str, Tensor]]] | None:
+        """``fused=True``'s update of ``param`` with the network in the CPU kernel (``celo2_kernel``),
+        run eagerly around it; None where the kernel does not apply (the compiled update runs)."""
+        if param.device.type != "cpu" or param.dim() < 2 or celo2_kernel.extension() is None:
+            return None
+        theta = self._theta_for(param.device, torch.promote_types(param.dtype, torch.float32))
+        if not celo2_kernel.applies(theta, param, self.config):
+            return None
+        return functools.partial(update, learned=kernel_learned_step)
 
     def _extra_group_defaults(self) -> dict[str, Any]:
         return dict(self._options)

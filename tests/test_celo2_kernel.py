@@ -1,0 +1,101 @@
+"""Celo2's CPU kernel (fused=True): the eager step's numbers to float32 rounding, on every layout."""
+
+import pytest
+import torch
+from celo2_reference_model import reference_weights
+
+import learned_optim as lo
+from learned_optim.optimizers import celo2, celo2_kernel
+
+pytestmark = pytest.mark.skipif(celo2_kernel.extension() is None, reason="no C++ compiler for the kernel")
+
+# Matrices and tails of 8 lanes, both factored orders, convolutions (3×3 walked with the factored
+# axes last, 7×7 with one factored axis last, 1×1 as single-coordinate matrices), stacks of matrices.
+SHAPES = [(5, 9), (9, 5), (37, 1029), (4, 2, 3, 3), (2, 3, 5), (3, 3, 3, 3), (6, 4, 1, 1), (5, 1, 1), (16, 3, 7, 7)]
+OPTIONS = [{"orthogonalize": False}, {"exp_mult": 0.5, "rmsmult": 2.0, "param_scale_mult": True}]
+
+
+def _inputs(shape, options, untouched_rows=0):
+    generator = torch.Generator().manual_seed(sum(shape))
+    theta = reference_weights()
+    options = {**celo2.DEFAULT_OPTIONS, **options}
+    param = torch.randn(shape, generator=generator)
+    state = celo2.init_state(param, lo.Celo2Config(), options)
+    state = {k: v + torch.rand(v.shape, generator=generator) for k, v in state.items()}
+    grad = torch.randn(shape, generator=generator)
+    if untouched_rows:  # coordinates that have never had a gradient: zero momenta, zero gradient
+        state["momentum"][:, :untouched_rows] = 0.0
+        grad[:untouched_rows] = 0.0
+    return theta, param, grad, state, options
+
+
+def _in_float64(*tensor_dicts_or_tensors):
+    return [
+        {k: v.double() for k, v in x.items()} if isinstance(x, dict) else x.double() for x in tensor_dicts_or_tensors
+    ]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("options", OPTIONS, ids=["base", "all-options"])
+def test_the_kernel_step_is_the_eager_step_to_float32_rounding(shape, options):
+    theta, param, grad, state, options = _inputs(shape, options, untouched_rows=1)
+    config = lo.Celo2Config()
+    with torch.no_grad():
+        assert celo2_kernel.applies(theta, param, config)
+        kernel, kernel_state = celo2.update(
+            theta, grad, state, 3, config, param=param, options=options, learned=celo2.kernel_learned_step
+        )
+        eager, eager_state = celo2.update(theta, grad, state, 3, config, param=param, options=options)
+        theta64, grad64, state64, param64 = _in_float64(theta, grad, state, param)
+        exact, _ = celo2.update(theta64, grad64, state64, 3, config, param=param64, options=options)
+    # Float32 rounding, summed in another order: no further from the float64 step than the eager
+    # float32 step is (within a factor), where any error in the math would be of the step's size.
+    scale = exact.abs().max()
+    kernel_error = (kernel.double() - exact).abs().max()
+    eager_error = (eager.double() - exact).abs().max()
+    assert kernel_error <= 3 * max(eager_error, 1e-6 * scale), (kernel_error / scale, eager_error / scale)
+    assert torch.equal(kernel == 0, eager == 0) and (eager[0] == 0).all()  # untouched stay put
+    for key, value in eager_state.items():
+        assert torch.equal(kernel_state[key], value)  # the accumulators are the same torch code
+
+
+def test_a_changed_weight_changes_the_kernel_step():
+    theta, param, grad, state, options = _inputs((6, 10), OPTIONS[0])
+    config = lo.Celo2Config()
+    with torch.no_grad():
+        before, _ = celo2.kernel_learned_step(theta, param, grad, state, config, options)
+        theta = {**theta, "w0.2": theta["w0.2"] + 0.5}  # the parameter's feature
+        after, _ = celo2.kernel_learned_step(theta, param, grad, state, config, options)
+        eager, _ = celo2.learned_step(theta, param, grad, state, config, options)
+    assert not torch.allclose(before, after, atol=1e-3)
+    torch.testing.assert_close(after, eager, rtol=0, atol=1e-5 * eager.abs().max())
+
+
+def test_fused_celo2_on_a_cpu_runs_the_kernel_and_keeps_the_eager_trajectory():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5))
+    twin = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    fused = lo.Celo2(model.parameters(), fused=True, theta=reference_weights())
+    eager = lo.Celo2(twin, theta=reference_weights())
+    with torch.no_grad():  # as in step()
+        assert fused.kernel_update(next(model.parameters())) is not None
+    for _ in range(4):
+        grads = [torch.randn_like(p) for p in twin]
+        for p, q, g in zip(model.parameters(), twin, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        eager.step()
+    for p, q in zip(model.parameters(), twin, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kernel_stays_out_of_autograd_and_other_dtypes():
+    config = lo.Celo2Config()
+    theta = reference_weights()
+    param = torch.randn(4, 5)
+    assert not celo2_kernel.applies(theta, param, config)  # grad mode on: meta-training's path
+    with torch.no_grad():
+        assert celo2_kernel.applies(theta, param, config)
+        assert not celo2_kernel.applies({k: v.double() for k, v in theta.items()}, param.double(), config)
+        assert not celo2_kernel.applies(theta, torch.randn(7), config)
+        assert not celo2_kernel.applies(theta, param, lo.Celo2Config(ff_hidden_size=4))
