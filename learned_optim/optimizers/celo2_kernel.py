@@ -23,6 +23,7 @@ CPU tensors, the reference's accumulator counts (3 momenta, 1 RMS, 3 Adafactor d
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -77,12 +78,27 @@ def applies(theta: Mapping[str, Tensor], param: Tensor, config: Celo2Config) -> 
 def _axis_order(shape: torch.Size, factored: tuple[int, int]) -> list[int]:
     """The axes in the order the kernel walks them: as they are, unless the last axis is neither
     factored axis and the matrices hold several coordinates (a 3×3 convolution's weight, whose rows
-    of 3 would fill few lanes); then the factored axes go last, the largest innermost."""
+    of 3 would fill few lanes); then the largest factored axis goes innermost, and an axis that
+    numbers matrices (the other factored one where it does) outermost, so that runs of rows hold
+    matrices of their own (``_rows_per_group``)."""
     ndim = len(shape)
     rows, cols = factored
     if ndim < 3 or ndim - 1 in factored or shape[-1] * shape[-2] == 1:
         return list(range(ndim))
-    return [axis for axis in range(ndim) if axis not in factored] + [rows, cols]
+    rest = [axis for axis in range(ndim) if axis != cols]
+    grid = [axis for axis in rest if axis < ndim - 2]
+    outer = rows if rows in grid else (grid[0] if grid else rest[0])
+    return [outer] + [axis for axis in rest if axis != outer] + [cols]
+
+
+def _rows_per_group(shape: torch.Size, order: list[int]) -> int:
+    """How many consecutive rows of the walk share their matrices with no other rows: those of one
+    index of the outermost axis, where that axis numbers matrices and the innermost does too; else
+    0 (rows share matrices across the walk)."""
+    ndim = len(shape)
+    if order == list(range(ndim)) or order[0] >= ndim - 2 or order[-1] >= ndim - 2:
+        return 0
+    return math.prod(shape) // (shape[order[0]] * shape[order[-1]])
 
 
 def _matrix_strides(shape: torch.Size, order: list[int]) -> tuple[list[int], int]:
@@ -136,7 +152,7 @@ def network_step(
     if shape[-1] * shape[-2] == 1:
         inverse = param.new_empty(0)  # each feature normalised by its own magnitude, in the kernel
     else:
-        sums = module.feature_square_sums(*operands, matrices)
+        sums = module.feature_square_sums(*operands, matrices, _rows_per_group(shape, order))
         inverse = torch.rsqrt(1e-9 + sums / (shape[-1] * shape[-2]))
     layers = [theta[f"{name}.{index}"] for index in range(config.ff_hidden_layers) for name in ("dense_w", "dense_b")]
     outputs = 1 if options["exp_mult"] == 0 else 2  # only the direction and magnitude are read
