@@ -77,7 +77,9 @@ def table(rows: list[dict[str, Any]], optimizers: list[str]) -> str:
     ]
     for row in rows:
         ratios = " | ".join(f"{row['vs_adam'][name]:.2f}×" for name in optimizers)
-        lines.append(f"| {row['loop']} | {row['parameters']:,} | {row['step_seconds'][BASELINE] * 1e3:.1f} ms | {ratios} |")
+        lines.append(
+            f"| {row['loop']} | {row['parameters']:,} | {row['step_seconds'][BASELINE] * 1e3:.1f} ms | {ratios} |"
+        )
     medians = " | ".join(f"**{statistics.median(r['vs_adam'][name] for r in rows):.2f}×**" for name in optimizers)
     lines.append(f"| median loop | | | {medians} |")
     return "\n".join(lines)
