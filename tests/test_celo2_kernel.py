@@ -97,5 +97,6 @@ def test_the_kernel_stays_out_of_autograd_and_other_dtypes():
     with torch.no_grad():
         assert celo2_kernel.applies(theta, param, config)
         assert not celo2_kernel.applies({k: v.double() for k, v in theta.items()}, param.double(), config)
+        assert celo2_kernel.applies(theta, param.bfloat16(), config)  # computed in float32
         assert not celo2_kernel.applies(theta, torch.randn(7), config)
         assert not celo2_kernel.applies(theta, param, lo.Celo2Config(ff_hidden_size=4))

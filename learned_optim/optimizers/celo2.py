@@ -574,9 +574,12 @@ def compiled_learned_step(
     config: Celo2Config,
     options: Mapping[str, Any],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``learned_step`` for torch.compile to trace: tensors of 2 or more axes through the pointwise
-    network (``celo2_pointwise``, which Inductor fuses into two loops), others eager."""
-    if param.dim() < 2:
+    """``learned_step`` for torch.compile to trace: on an accelerator, tensors of 2 or more axes
+    through the pointwise network (``celo2_pointwise``, which Inductor fuses); on a CPU and for
+    0-D and 1-D tensors the eager blocked step, outside the graph (on a CPU Inductor's fusion of
+    the network measured slower than the eager blocks, and took minutes to compile with dynamic
+    shapes; the CPU's fast path is the kernel, ``kernel_learned_step``)."""
+    if param.dim() < 2 or param.device.type == "cpu":
         return _outside_graphs(learned_step)(theta, param, grad, state, config, options)
     moments = accumulators(theta, param, grad, state, config)
     step = celo2_pointwise.network_step(theta, param, grad, moments, config, options)

@@ -16,9 +16,10 @@ as does the step's last normalisation (``celo2.finish_step``). The kernel is bui
 with the C++ compiler ``torch.compile`` uses on CPUs (``torch.utils.cpp_extension``, a few tens of
 seconds, cached), for the machine it runs on (``-march=native``).
 
-It runs where its numbers are the eager step's to float32 rounding and no gradient flows: float32
-CPU tensors, the reference's accumulator counts (3 momenta, 1 RMS, 3 Adafactor decays) and
-8-unit hidden layers, outside autograd (meta-training differentiates the torch path).
+It runs where its numbers are the eager step's to float32 rounding and no gradient flows: CPU
+tensors computed in float32 (float32, bfloat16 and float16 parameters), the reference's
+accumulator counts (3 momenta, 1 RMS, 3 Adafactor decays) and 8-unit hidden layers, outside
+autograd (meta-training differentiates the torch path).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def applies(theta: Mapping[str, Tensor], param: Tensor, config: Celo2Config) -> 
     return (
         param.device.type == "cpu"
         and param.dim() >= 2
-        and param.dtype == torch.float32
+        and torch.promote_types(param.dtype, torch.float32) == torch.float32  # the update computes in float32
         and theta["b0"].dtype == torch.float32
         and not torch.is_grad_enabled()
         and len(config.initial_momentum_decays) == 3
