@@ -47,15 +47,19 @@ def _whole_device(p: Tensor) -> torch.device:
     return p.to_local().device
 
 
+def _with_config(update: Callable[..., Any], config: Any) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    """``update`` with the architecture's config bound: ``(theta, grad, state, step, param, options)``."""
+
+    def run(theta: Any, grad: Tensor, state: Any, step: Tensor, param: Tensor, options: Any) -> Any:
+        return update(theta, grad, state, step, config, param=param, options=options)
+
+    return run
+
+
 def compiled_update(optimizer: Any) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
     """The architecture's update through ``torch.compile`` (built once per optimizer and config)."""
     if optimizer._compiled_step is None:
-        update, config = optimizer.update, optimizer.config
-
-        def run(theta: Any, grad: Tensor, state: Any, step: Tensor, param: Tensor, options: Any) -> Any:
-            return update(theta, grad, state, step, config, param=param, options=options)
-
-        compiled = torch.compile(run, dynamic=True)
+        compiled = torch.compile(_with_config(optimizer.update, optimizer.config), dynamic=True)
 
         def guarded(*args: Any) -> Any:
             with torch._dynamo.config.patch(recompile_limit=FUSED_VARIANT_LIMIT):
@@ -72,12 +76,7 @@ def fused_update(optimizer: Any, param: Tensor) -> Callable[..., tuple[Tensor, d
     update = kernel_update(param) if kernel_update is not None else None
     if update is None:
         return compiled_update(optimizer)
-    config = optimizer.config
-
-    def run(theta: Any, grad: Tensor, state: Any, step: Tensor, param: Tensor, options: Any) -> Any:
-        return update(theta, grad, state, step, config, param=param, options=options)
-
-    return run
+    return _with_config(update, optimizer.config)
 
 
 def step_whole_tensors(optimizer: Any, work: list[tuple[dict[str, Any], Tensor, dict[str, Tensor]]]) -> None:

@@ -41,7 +41,7 @@ def test_the_kernel_step_is_the_eager_step_to_float32_rounding(shape, options):
     theta, param, grad, state, options = _inputs(shape, options, untouched_rows=1)
     config = lo.Celo2Config()
     with torch.no_grad():
-        assert celo2_kernel.applies(theta, param, config)
+        assert celo2_kernel.applies(param, config)
         kernel, kernel_state = celo2.update(
             theta, grad, state, 3, config, param=param, options=options, learned=celo2.kernel_learned_step
         )
@@ -91,12 +91,11 @@ def test_fused_celo2_on_a_cpu_runs_the_kernel_and_keeps_the_eager_trajectory():
 
 def test_the_kernel_stays_out_of_autograd_and_other_dtypes():
     config = lo.Celo2Config()
-    theta = reference_weights()
     param = torch.randn(4, 5)
-    assert not celo2_kernel.applies(theta, param, config)  # grad mode on: meta-training's path
+    assert not celo2_kernel.applies(param, config)  # grad mode on: meta-training's path
     with torch.no_grad():
-        assert celo2_kernel.applies(theta, param, config)
-        assert not celo2_kernel.applies({k: v.double() for k, v in theta.items()}, param.double(), config)
-        assert celo2_kernel.applies(theta, param.bfloat16(), config)  # computed in float32
-        assert not celo2_kernel.applies(theta, torch.randn(7), config)
-        assert not celo2_kernel.applies(theta, param, lo.Celo2Config(ff_hidden_size=4))
+        assert celo2_kernel.applies(param, config)
+        assert not celo2_kernel.applies(param.double(), config)
+        assert celo2_kernel.applies(param.bfloat16(), config)  # computed in float32
+        assert not celo2_kernel.applies(torch.randn(7), config)
+        assert not celo2_kernel.applies(param, lo.Celo2Config(ff_hidden_size=4))

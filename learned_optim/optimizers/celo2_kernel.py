@@ -13,8 +13,8 @@ holding eight coordinates' 18 features and hidden units in vector registers:
 The accumulators' update, the Adafactor rows and columns and the first layer's terms of the
 Adafactor features (computed at a row's or column's size) stay in torch (``celo2.accumulators``),
 as does the step's last normalisation (``celo2.finish_step``). The kernel is built on first use
-with the C++ compiler ``torch.compile`` uses on CPUs (``torch.utils.cpp_extension``, a few tens of
-seconds, cached), for the machine it runs on (``-march=native``).
+with the C++ compiler ``torch.compile`` uses on CPUs (``torch.utils.cpp_extension``, about a
+minute, cached), for the machine it runs on (``-march=native``).
 
 It runs where its numbers are the eager step's to float32 rounding and no gradient flows: CPU
 tensors computed in float32 (float32, bfloat16 and float16 parameters), the reference's
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from learned_optim.optimizers.celo2 import Accumulators, Celo2Config
+    from learned_optim.optimizers.celo2_config import Accumulators, Celo2Config
 
 _BUILT: dict[str, Any] = {}
 
@@ -60,19 +60,19 @@ def extension() -> Any | None:
     return _BUILT["module"]
 
 
-def applies(theta: Mapping[str, Tensor], param: Tensor, config: Celo2Config) -> bool:
+def applies(param: Tensor, config: Celo2Config) -> bool:
     """Whether the kernel computes this tensor's step (the conditions of the module docstring)."""
     return (
         param.device.type == "cpu"
         and param.dim() >= 2
-        and torch.promote_types(param.dtype, torch.float32) == torch.float32  # the update computes in float32
-        and theta["b0"].dtype == torch.float32
+        # the update computes in float32 (and the engine hands it the network in that dtype)
+        and torch.promote_types(param.dtype, torch.float32) == torch.float32
         and not torch.is_grad_enabled()
         and len(config.initial_momentum_decays) == 3
         and len(config.initial_rms_decays) == 1
         and len(config.initial_adafactor_decays) == 3
         and config.ff_hidden_size == 8
-        and _BUILT.get("module") is not None  # built by Celo2.prepare_fused, outside any traced code
+        and _BUILT.get("module") is not None  # built by extension(), which Celo2.kernel_update calls
     )
 
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from learned_optim.optimizers.celo2 import Accumulators, Celo2Config
+    from learned_optim.optimizers.celo2_config import Accumulators, Celo2Config
 
 
 def _matrix_mean(x: Tensor) -> Tensor:
