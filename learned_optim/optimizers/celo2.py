@@ -44,6 +44,10 @@ hidden 8, two hidden layers, 3 outputs) that runs on every coordinate::
     m = β1 m + (1 − β1) g,   v = β2 v + (1 − β2) g²
     p ← p − adam_lr_mult · lr · (m/(1 − β1^t) / (√(v/(1 − β2^t)) + adam_eps) + adam_weight_decay · p)
 
+**Learned step scale** (``step_scale_hidden`` > 0, off by default and in the published network): a
+second network of tensor-level statistics multiplies D by a per-tensor scale s ∈ [0.01, 100],
+exactly 1 when fresh (``celo2_step_scale`` has its math): p ← p − lr · (s · D + weight_decay · p).
+
 lr comes from the param group (default 1e-3), so LR schedulers drive it. ``orthogonalize=False``
 is the paper's "celo2-base". Optional global-norm clipping (``clip_grad``) scales every gradient
 by ``clip_norm / max(‖g‖, clip_norm)`` first.
@@ -74,7 +78,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from learned_optim.base import LearnedOptimizer, compute_dtype_for, config_from_dict
-from learned_optim.optimizers import celo2_kernel, celo2_pointwise
+from learned_optim.optimizers import celo2_kernel, celo2_pointwise, celo2_step_scale
 from learned_optim.optimizers.celo2_config import (
     UNFACTORED_FEATURES,
     Accumulators,
@@ -124,6 +128,8 @@ def init_theta(config: Celo2Config, generator: torch.Generator | None = None) ->
     for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         theta[f"dense_w.{index}"] = trunc_normal(fan_in, fan_out, fan_in**-0.5)
         theta[f"dense_b.{index}"] = torch.zeros(fan_out)
+    if config.step_scale_hidden:
+        theta.update(celo2_step_scale.init_scale_theta(config.step_scale_hidden, generator))
     return theta
 
 
@@ -528,6 +534,30 @@ def adamw_step(
     return direction, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
+def _under_transform(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is wrapped by a torch.func transform (vmap, grad), where reading its
+    values into a Python ``bool`` is impossible."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
+def _scale(
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    new_state: Mapping[str, Tensor],
+    step: Tensor | float,
+    *,
+    adamw: bool,
+) -> Tensor:
+    """The learned per-tensor step scale s (``celo2_step_scale``) from the new first moments."""
+    if adamw:
+        fast = slow = new_state["exp_avg"]
+    else:
+        fast, slow = new_state["momentum"][0], new_state["momentum"][-1]
+    features = celo2_step_scale.statistics(param, grad, fast, slow, step, adamw)
+    return celo2_step_scale.step_scale(theta, features).to(grad.dtype)
+
+
 def update(
     theta: Mapping[str, Tensor],
     grad: Tensor,
@@ -552,7 +582,12 @@ def update(
     # the CPU, skip it when every gradient is finite (a finite sum proves it; an overflowing sum
     # only masks needlessly), as the coordinatewise engine does; compiled, or on an accelerator
     # (where reading the sum would wait for the device), always mask: the result is the same.
-    mask = torch.compiler.is_compiling() or grad.device.type != "cpu" or not bool(torch.isfinite(grad.sum()))
+    mask = (
+        torch.compiler.is_compiling()
+        or grad.device.type != "cpu"
+        or _under_transform(grad)
+        or not bool(torch.isfinite(grad.sum()))
+    )
     if mask:
         finite = torch.isfinite(grad)
         grad = torch.where(finite, grad, 0.0)
@@ -561,6 +596,8 @@ def update(
         direction, new_state = adamw_step(param, g, state, step, options)
         decay = options["adam_weight_decay"]
         decay = options["weight_decay"] if decay is None else decay
+        if config.step_scale_hidden:
+            direction = direction * _scale(theta, param, g, new_state, step, adamw=True)
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
         step_fn = learned or (compiled_learned_step if torch.compiler.is_compiling() else learned_step)
@@ -570,6 +607,8 @@ def update(
         # untouched.py). Other coordinates keep the reference's numbers: no statistic changes.
         if not getattr(step_fn, "zeroes_untouched", False):
             direction = torch.where((new_state["momentum"] == 0).all(dim=0), 0.0, direction)
+        if config.step_scale_hidden:
+            direction = direction * _scale(theta, param, g, new_state, step, adamw=False)
         if options["weight_decay"] != 0:
             direction = direction + options["weight_decay"] * param
     if mask:
@@ -653,6 +692,7 @@ class Celo2(LearnedOptimizer):
         feature_dims: tuple[int, ...] | None = None,
         output_size: int | None = None,
         activation: str | None = None,
+        step_scale_hidden: int | None = None,
         maximize: bool = False,
         config: Celo2Config | Mapping[str, Any] | None = None,
         theta: Mapping[str, Tensor] | None = None,
@@ -690,6 +730,7 @@ class Celo2(LearnedOptimizer):
             "feature_dims": feature_dims,
             "output_size": output_size,
             "activation": activation,
+            "step_scale_hidden": step_scale_hidden,
         }
         overrides = {key: tuple(v) if isinstance(v, list) else v for key, v in network.items() if v is not None}
         super().__init__(

@@ -33,6 +33,8 @@ class Celo2Config:
     ns_coeffs: tuple = (3.4445, -4.7750, 2.0315)
     ns_iters: int = 5
     ns_eps: float = 1e-8
+    # Hidden units of the per-tensor step-scale network (celo2_step_scale); 0: none, the reference.
+    step_scale_hidden: int = 0
 
     def __post_init__(self) -> None:
         for name in ("feature_dims", "initial_momentum_decays", "initial_rms_decays", "initial_adafactor_decays"):
@@ -55,6 +57,7 @@ class Celo2Config:
             if not math.isfinite(coefficient):
                 raise ValueError(f"Invalid ns_coeffs value: {self.ns_coeffs}")
         check_non_negative("ns_iters", self.ns_iters)
+        check_non_negative("step_scale_hidden", self.step_scale_hidden)
         # ε > 0: an all-zero step (every coordinate untouched) divides 0 by ‖0‖ + ε.
         check_epsilon(self.ns_eps)
         expected = (
