@@ -621,6 +621,38 @@ def test_pes_forward_unroll_is_the_unroll_without_a_graph(optimizer_class):
     assert state.step == expected_state.step == 4
 
 
+def test_pes_copies_run_together_as_each_would_alone(optimizer_class):
+    """``unroll_copies`` (vmapped over the copies, each at its own φ) gives every copy the losses and
+    state of ``evaluate_unroll`` on the same batches."""
+    from learned_optim.meta import pes
+
+    task = meta_task_for(optimizer_class)
+    config = optimizer_class.Config()
+    theta = optimizer_class.init_theta(config, torch.Generator().manual_seed(3))
+    inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
+    copies = pes.start_pairs(inner, 2, theta)
+    phi = pes.flatten_theta(theta)
+    flat = phi + 0.01 * torch.randn(4, phi.numel(), generator=torch.Generator().manual_seed(4))
+    lr = 1e-2 if optimizer_class is lo.Celo2 else 0.1
+    losses, params, _ = pes.unroll_copies(
+        optimizer_class, pes.unflatten_copies(theta, flat), config, task, copies, torch.Generator(), 3, lr=lr
+    )
+    assert losses.shape == (4, 3)
+    for index in range(4):
+        alone, state = evaluate_unroll_of(
+            optimizer_class, pes.unflatten_theta(theta, flat[index]), config, task, inner, lr
+        )
+        torch.testing.assert_close(losses[index], alone, rtol=1e-5, atol=1e-7)
+        for name in task.parameter_names:
+            torch.testing.assert_close(params[name][index], state.params[name], rtol=1e-5, atol=1e-7)
+
+
+def evaluate_unroll_of(architecture, theta, config, task, inner, lr):
+    from learned_optim.meta.pes import evaluate_unroll
+
+    return evaluate_unroll(architecture, theta, config, task, inner, torch.Generator(), 3, lr=lr)
+
+
 def _first_meta_gradient(monkeypatch, config, run_dir):
     """φ's gradient at the first meta-step of a trajectory, and the number of stacked unrolls run."""
     trainer = MetaTrainer(config, run_dir)

@@ -14,7 +14,7 @@ Either way ``θ_{k+1} = θ_k − lr · d_k`` with the flat direction returned he
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,14 +67,17 @@ def optimizer_step(
     names: Sequence[str] = (),
     params: Mapping[str, Tensor] | None = None,
     options: Mapping[str, Any] | None = None,
+    update: Callable[..., tuple[Tensor, dict[str, Tensor]]] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The flat direction d (θ ← θ − lr · d) and the new state, for the coordinates of ``names``.
 
     ``flat_grad`` holds the gradients of the parameters ``names`` of ``params``, in that order;
-    a coordinatewise architecture needs neither.
+    a coordinatewise architecture needs neither. ``update``: the architecture's update function
+    to call (default ``architecture.update``; e.g. its ``forward_update`` where nothing is differentiated).
     """
+    update = update or architecture.update
     if not is_per_tensor(architecture):
-        return architecture.update(theta, flat_grad, opt_state, step, config)
+        return update(theta, flat_grad, opt_state, step, config)
     if params is None:
         raise ValueError("a per-tensor architecture needs the parameters and their names")
     options = default_options(architecture, options)
@@ -82,7 +85,7 @@ def optimizer_step(
     grads = flat_grad.reshape(-1).split([params[name].numel() for name in names])
     for name, grad in zip(names, grads, strict=True):
         param = params[name]
-        direction, state = architecture.update(
+        direction, state = update(
             theta, grad.view(param.shape), state_of(opt_state, name), step, config, param=param, options=options
         )
         pieces.append(direction.reshape(-1))

@@ -11,9 +11,8 @@ step's kernels instead of running one after another:
   joined into one (instance-major) and the shared network runs once for all of them; its state
   keeps the same layout, the instances joined along the coordinate (last) axis;
 * a per-tensor update (``architecture.per_tensor``) takes statistics over each whole tensor, so a
-  stacked tensor would mix the instances: it runs instance by instance on each instance's slice.
-  (It is not vmapped: Celo2's update reads its gradient's finiteness into a Python ``bool``,
-  which ``vmap`` cannot do.)
+  stacked tensor would mix the instances: it runs under ``vmap`` over the instance axis, each
+  instance's tensors whole.
 
 The batches are sampled outside ``vmap``, in the order the sequential unrolls draw them (each
 instance's ``num_steps + 1`` batches in turn), so both paths see the same batches from the same
@@ -106,21 +105,11 @@ def _stacked_direction(
     if not is_per_tensor(architecture):
         direction, new_state = optimizer_step(architecture, theta, config, flat_grads.reshape(-1), opt_state, step)
         return direction.view(instances, -1), new_state
-    directions, states = [], []
-    for index in range(instances):
-        direction, state = optimizer_step(
-            architecture,
-            theta,
-            config,
-            flat_grads[index],
-            {key: value[index] for key, value in opt_state.items()},
-            step,
-            names=names,
-            params={name: value[index] for name, value in params.items()},
-        )
-        directions.append(direction)
-        states.append(state)
-    return torch.stack(directions), {key: torch.stack([state[key] for state in states]) for key in states[0]}
+
+    def one_instance(flat_grad: Tensor, state: dict[str, Tensor], instance_params: dict[str, Tensor]) -> Any:
+        return optimizer_step(architecture, theta, config, flat_grad, state, step, names=names, params=instance_params)
+
+    return vmap(one_instance)(flat_grads, opt_state, {name: params[name] for name in names})
 
 
 def stacked_unroll(

@@ -619,6 +619,25 @@ def update(
     return direction, new_state
 
 
+def forward_update(
+    theta: Mapping[str, Tensor],
+    grad: Tensor,
+    state: Mapping[str, Tensor],
+    step: Tensor | float,
+    config: Celo2Config,
+    *,
+    param: Tensor,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``update`` for engines that never differentiate it (PES's perturbed copies): the network in
+    the CPU kernel wherever it applies (``celo2_kernel.applies``: 2 or more axes, float32, outside
+    autograd), the eager step elsewhere. Same math, another order of float operations."""
+    kernel = celo2_kernel.extension() is not None and celo2_kernel.applies(param, config)
+    return update(
+        theta, grad, state, step, config, param=param, options=options, learned=kernel_learned_step if kernel else None
+    )
+
+
 def global_clip_scale(grads: list[Tensor], clip_norm: float) -> float:
     """``clip_norm / max(‖g‖, clip_norm)`` over all gradients (optax's clip_by_global_norm)."""
     if not grads:
@@ -661,6 +680,7 @@ class Celo2(LearnedOptimizer):
     init_theta = staticmethod(init_theta)
     init_state = staticmethod(init_state)
     update = staticmethod(update)
+    forward_update = staticmethod(forward_update)
 
     def __init__(
         self,
