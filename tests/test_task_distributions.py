@@ -9,13 +9,15 @@ from learned_optim.meta.tasks import TASK_DISTRIBUTIONS, get_task_distribution
 from learned_optim.meta.tasks.distributions import (
     ACTIVATIONS,
     FAMILIES,
+    GENERAL_FAMILIES,
+    GENERAL_MAX_PARAMETERS,
     MAX_PARAMETERS,
     SPEC_DRAWERS,
     build_module,
     build_task,
     parameter_count,
 )
-from learned_optim.meta.tasks.text import VOCABULARY, split_of_file, stdlib_files, stdlib_text_splits
+from learned_optim.meta.tasks.text import VOCABULARY, CharRNN, split_of_file, stdlib_files, stdlib_text_splits
 from learned_optim.meta.trainer import MetaTrainConfig
 
 
@@ -49,6 +51,42 @@ def test_draws_are_deterministic_cover_every_family_and_respect_the_cap():
     assert len({spec.name for spec in specs}) > 190  # names tell instances apart
 
 
+def test_general_tasks_cover_the_wider_families_under_their_cap():
+    specs = draw_specs(300, seed=0, distribution="general-tasks")
+    assert {spec.family for spec in specs} == set(GENERAL_FAMILIES)
+    counts = [parameter_count(spec) for spec in specs]
+    assert max(counts) <= GENERAL_MAX_PARAMETERS and max(counts) > 4 * MAX_PARAMETERS
+    assert {spec.cell for spec in specs if spec.family == "rnn-lm"} == {"gru", "lstm"}
+    assert {spec.blocks for spec in specs if spec.family == "resnet"} == {1, 2, 3}
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_written_out_recurrent_cells_are_torchs(cell):
+    torch.manual_seed(0)
+    model = CharRNN(12, cell)
+    reference = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)(12, 12, batch_first=True)
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(model.input_gates.weight)
+        reference.bias_ih_l0.copy_(model.input_gates.bias)
+        reference.weight_hh_l0.copy_(model.hidden_gates.weight)
+        reference.bias_hh_l0.copy_(model.hidden_gates.bias)
+    tokens = torch.randint(0, VOCABULARY, (3, 7))
+    expected = model.head(reference(model.embed(tokens))[0])
+    torch.testing.assert_close(model(tokens), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["resnet", "rnn-lm"])
+def test_the_wider_families_run_under_vmap(family):
+    task = build_task(first_spec(family, "general-tasks"))
+    params = [task.init(torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    assert task.parameter_names  # the template module is built on first use: outside vmap
+    stacked = {name: torch.stack([p[name] for p in params]) for name in params[0]}
+    batch = task.sample(torch.Generator().manual_seed(0), "train")
+    losses = torch.func.vmap(task.loss, in_dims=(0, None))(stacked, batch)
+    for index in range(2):
+        torch.testing.assert_close(losses[index], task.loss(params[index], batch), rtol=1e-5, atol=1e-6)
+
+
 def test_image_mlps_draws_only_mlps():
     assert {spec.family for spec in draw_specs(50, seed=0, distribution="image-mlps")} == {"mlp"}
 
@@ -62,9 +100,9 @@ def test_parameter_counts_are_those_of_the_built_modules():
             assert parameter_count(spec) == built, (family, spec)
 
 
-def first_spec(family: str, **fields):
+def first_spec(family: str, distribution: str = "small-tasks", **fields):
     """The first drawn spec of ``family`` with the given fields."""
-    for spec in draw_specs(300, seed=0):
+    for spec in draw_specs(300, seed=0, distribution=distribution):
         if spec.family == family and all(getattr(spec, k) == v for k, v in fields.items()):
             return spec
     raise AssertionError(f"no {family} spec with {fields}")
@@ -77,6 +115,10 @@ def first_spec(family: str, **fields):
         ("cnn", {"batch_norm": True, "image_size": 28}, 10),
         ("cnn", {"batch_norm": False, "dataset": "FashionMNIST"}, 10),
         ("char-lm", {}, VOCABULARY),
+        ("wide-mlp", {"distribution": "general-tasks"}, 10),
+        ("resnet", {"distribution": "general-tasks"}, 10),
+        ("rnn-lm", {"distribution": "general-tasks", "cell": "gru"}, VOCABULARY),
+        ("rnn-lm", {"distribution": "general-tasks", "cell": "lstm"}, VOCABULARY),
     ],
 )
 def test_every_family_builds_a_task_that_trains(family, fields, classes):

@@ -22,6 +22,17 @@ a few milliseconds on one CPU core; a draw over the cap is drawn again):
 * ``char-lm``: next-byte prediction on the standard library's source (``tasks.text``) with a
   one-block causal Transformer of width 24–40 over 32 or 64 bytes; batch 16 or 32.
 
+The ``general-tasks`` distribution adds larger and different instances (up to
+``GENERAL_MAX_PARAMETERS``):
+
+* ``wide-mlp``: the MLP family with 1–2 hidden layers of 64–1024 units;
+* ``resnet``: a residual CNN with BatchNorm: a 3×3 conv–BN–ReLU stem of 8–32 channels, 1–3
+  residual blocks (conv–BN–ReLU–conv–BN plus the identity, then ReLU), the first block after the
+  stem at stride 2 (a 1×1 conv–BN shortcut), global average pooling and a linear classifier;
+  batch 32 or 64;
+* ``rnn-lm``: the byte-level language modelling of ``char-lm`` with an embedding, one GRU or LSTM
+  layer of width 32–160 and a linear head, over 16 or 32 bytes; batch 16 or 32.
+
 Every family multiplies torch's default initialisation by a factor drawn log-uniformly in
 [0.5, 2], rounded to two decimals (so the name says exactly what was drawn).
 """
@@ -39,10 +50,20 @@ from torch import Tensor, nn
 
 from learned_optim.meta.tasks.base import ModuleTask, seeded_init
 from learned_optim.meta.tasks.images import image_splits, mlp
-from learned_optim.meta.tasks.text import VOCABULARY, CharTransformer, next_token_loss, stdlib_text_splits, text_sampler
+from learned_optim.meta.tasks.text import (
+    VOCABULARY,
+    CharRNN,
+    CharTransformer,
+    next_token_loss,
+    stdlib_text_splits,
+    text_sampler,
+)
 
 MAX_PARAMETERS = 60_000
+GENERAL_MAX_PARAMETERS = 300_000
 FAMILIES = ("mlp", "cnn", "char-lm")
+GENERAL_FAMILIES = (*FAMILIES, "wide-mlp", "resnet", "rnn-lm")
+RECURRENT_CELLS = ("gru", "lstm")
 IMAGE_DATASETS = ("MNIST", "FashionMNIST")
 IMAGE_SIZES = (28, 14)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -63,16 +84,22 @@ class TaskSpec:
     activation: str = ""
     channels: tuple[int, ...] = ()  # cnn
     batch_norm: bool = False
-    width: int = 0  # char-lm
+    width: int = 0  # char-lm, rnn-lm
     context: int = 0
+    blocks: int = 0  # resnet
+    cell: str = ""  # rnn-lm
 
     @property
     def name(self) -> str:
         suffix = f"b{self.batch_size}-init{self.init_scale:g}"
         if self.family == "char-lm":
             return f"char-lm-stdlib-transformer-w{self.width}-ctx{self.context}-{suffix}"
+        if self.family == "rnn-lm":
+            return f"rnn-lm-stdlib-{self.cell}-w{self.width}-ctx{self.context}-{suffix}"
         data = f"{_DATASET_SHORT_NAMES[self.dataset]}{self.image_size}-{'norm' if self.normalised else 'raw'}"
-        if self.family == "mlp":
+        if self.family == "resnet":
+            return f"resnet-{data}-c{self.channels[0]}-{self.blocks}blocks-bn-{suffix}"
+        if self.family in ("mlp", "wide-mlp"):
             return f"mlp-{data}-{'x'.join(map(str, self.hidden))}-{self.activation}-{suffix}"
         return f"cnn-{data}-{'x'.join(map(str, self.channels))}{'-bn' if self.batch_norm else ''}-{suffix}"
 
@@ -138,10 +165,51 @@ def draw_char_lm_spec(generator: torch.Generator) -> TaskSpec:
     )
 
 
+def draw_wide_mlp_spec(generator: torch.Generator) -> TaskSpec:
+    images = _image_fields(generator)
+    depth = int(torch.randint(1, 3, (), generator=generator))
+    hidden = tuple(round(_log_uniform(64, 1024, generator)) for _ in range(depth))
+    return TaskSpec(
+        "wide-mlp",
+        batch_size=_choice((32, 64, 128, 256), generator),
+        init_scale=_init_scale(generator),
+        hidden=hidden,
+        activation=_choice(tuple(ACTIVATIONS), generator),
+        **images,
+    )
+
+
+def draw_resnet_spec(generator: torch.Generator) -> TaskSpec:
+    images = _image_fields(generator)
+    return TaskSpec(
+        "resnet",
+        batch_size=_choice((32, 64), generator),
+        init_scale=_init_scale(generator),
+        channels=(round(_log_uniform(8, 32, generator)),),
+        blocks=int(torch.randint(1, 4, (), generator=generator)),
+        batch_norm=True,
+        **images,
+    )
+
+
+def draw_rnn_lm_spec(generator: torch.Generator) -> TaskSpec:
+    return TaskSpec(
+        "rnn-lm",
+        batch_size=_choice((16, 32), generator),
+        init_scale=_init_scale(generator),
+        width=round(_log_uniform(32, 160, generator)),
+        context=_choice((16, 32), generator),
+        cell=_choice(RECURRENT_CELLS, generator),
+    )
+
+
 SPEC_DRAWERS: dict[str, Callable[[torch.Generator], TaskSpec]] = {
     "mlp": draw_mlp_spec,
     "cnn": draw_cnn_spec,
     "char-lm": draw_char_lm_spec,
+    "wide-mlp": draw_wide_mlp_spec,
+    "resnet": draw_resnet_spec,
+    "rnn-lm": draw_rnn_lm_spec,
 }
 
 
@@ -159,10 +227,43 @@ def small_cnn(channels: tuple[int, ...], batch_norm: bool, image_size: int) -> n
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * side * side, 10))
 
 
+class ResidualBlock(nn.Module):
+    """conv–BN–ReLU–conv–BN plus the shortcut (identity, or a 1×1 conv–BN where the shape changes), then ReLU."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(outputs),
+            nn.ReLU(),
+            nn.Conv2d(outputs, outputs, 3, padding=1, bias=False),
+            nn.BatchNorm2d(outputs),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def residual_cnn(channels: int, blocks: int) -> nn.Module:
+    """The ``resnet`` family's network: stem, ``blocks`` residual blocks (the first at stride 2), pooled classifier."""
+    stem = [nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+    body = [ResidualBlock(channels, channels, 2 if index == 0 else 1) for index in range(blocks)]
+    return nn.Sequential(*stem, *body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+
 def build_module(spec: TaskSpec) -> nn.Module:
     """The model of ``spec`` with torch's default initialisation (not yet scaled)."""
-    if spec.family == "mlp":
+    if spec.family in ("mlp", "wide-mlp"):
         return mlp((spec.image_size**2, *spec.hidden, 10), ACTIVATIONS[spec.activation])
+    if spec.family == "resnet":
+        return residual_cnn(spec.channels[0], spec.blocks)
+    if spec.family == "rnn-lm":
+        return CharRNN(spec.width, spec.cell)
     if spec.family == "cnn":
         return small_cnn(spec.channels, spec.batch_norm, spec.image_size)
     if spec.family == "char-lm":
@@ -176,7 +277,7 @@ def parameter_count(spec: TaskSpec) -> int:
     (Building on the meta device would be exact too, but costs ~0.1 s for some modules the
     first time; tests check that the counts match the built modules.)
     """
-    if spec.family == "mlp":
+    if spec.family in ("mlp", "wide-mlp"):
         widths = (spec.image_size**2, *spec.hidden, 10)
         return sum((inputs + 1) * outputs for inputs, outputs in itertools.pairwise(widths))
     if spec.family == "cnn":
@@ -187,6 +288,15 @@ def parameter_count(spec: TaskSpec) -> int:
         )
         side = spec.image_size // 2 ** len(spec.channels)
         return convolutions + (spec.channels[-1] * side * side + 1) * 10
+    if spec.family == "resnet":
+        c = spec.channels[0]
+        stem = 9 * c + 2 * c
+        block = 2 * (9 * c * c + 2 * c)
+        shortcut = c * c + 2 * c  # the first block runs at stride 2
+        return stem + spec.blocks * block + shortcut + (c + 1) * 10
+    if spec.family == "rnn-lm":
+        w, gates = spec.width, 3 if spec.cell == "gru" else 4
+        return VOCABULARY * w + 2 * (w + 1) * gates * w + (w + 1) * VOCABULARY
     if spec.family == "char-lm":
         w = spec.width
         attention = 4 * w * w + 4 * w
@@ -230,7 +340,7 @@ def image_sampler(spec: TaskSpec, root: str | None):
         if not spec.normalised:
             low, high = normalised_pixel_range(spec.dataset, root)
             images = (images - low) / (high - low)
-        return images.flatten(1) if spec.family == "mlp" else images
+        return images.flatten(1) if spec.family in ("mlp", "wide-mlp") else images
 
     def sample(generator: torch.Generator, split: str) -> tuple[Tensor, Tensor]:
         images, labels = images_at(spec.dataset, spec.image_size, root)[split]
@@ -246,7 +356,7 @@ def image_sampler(spec: TaskSpec, root: str | None):
 
 def build_task(spec: TaskSpec, data_root: str | None = None) -> ModuleTask:
     """The task instance ``spec`` describes; data are loaded (once per process) on first use."""
-    if spec.family == "char-lm":
+    if spec.family in ("char-lm", "rnn-lm"):
         sampler = text_sampler(spec.batch_size, spec.context)
         loss_fn = next_token_loss
 
@@ -297,6 +407,13 @@ TASK_DISTRIBUTIONS: dict[str, TaskDistribution] = {
         "small-tasks", FAMILIES, "MLPs and small CNNs on (Fashion-)MNIST, a byte-level Transformer on Python source"
     ),
     "image-mlps": TaskDistribution("image-mlps", ("mlp",), "MLPs on MNIST and Fashion-MNIST"),
+    "general-tasks": TaskDistribution(
+        "general-tasks",
+        GENERAL_FAMILIES,
+        "small-tasks plus wide MLPs, residual CNNs with BatchNorm and GRU/LSTM byte language models, "
+        f"up to {GENERAL_MAX_PARAMETERS:,} parameters",
+        GENERAL_MAX_PARAMETERS,
+    ),
 }
 
 

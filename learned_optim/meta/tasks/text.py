@@ -82,3 +82,44 @@ class CharTransformer(nn.Module):
         hidden = self.embed(tokens) + self.position[:length]
         hidden = self.block(hidden, src_mask=causal, is_causal=True)
         return self.head(self.norm(hidden))
+
+
+class CharRNN(nn.Module):
+    """A byte-level recurrent language model: embedding, one GRU or LSTM layer, linear head.
+
+    The cell is written out (``nn.Linear`` gates over a Python loop of ``context`` steps) rather
+    than ``nn.GRU``/``nn.LSTM``, whose fused kernels have no ``vmap`` batching rule: meta-training
+    runs many copies of an instance under ``vmap``. The math is PyTorch's GRU and LSTM cells.
+    """
+
+    def __init__(self, width: int, cell: str):
+        super().__init__()
+        if cell not in ("gru", "lstm"):
+            raise ValueError(f"unknown recurrent cell {cell!r}; choose 'gru' or 'lstm'")
+        self.cell, self.width = cell, width
+        gates = 3 if cell == "gru" else 4
+        self.embed = nn.Embedding(VOCABULARY, width)
+        self.input_gates = nn.Linear(width, gates * width)
+        self.hidden_gates = nn.Linear(width, gates * width)
+        self.head = nn.Linear(width, VOCABULARY)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        inputs = self.input_gates(self.embed(tokens))  # every step's input gates in one product
+        hidden = inputs.new_zeros(tokens.shape[0], self.width)
+        memory = hidden
+        outputs = []
+        for step in range(tokens.shape[1]):
+            from_input, from_hidden = inputs[:, step], self.hidden_gates(hidden)
+            if self.cell == "gru":
+                reset_in, update_in, new_in = from_input.chunk(3, dim=1)
+                reset_h, update_h, new_h = from_hidden.chunk(3, dim=1)
+                reset = torch.sigmoid(reset_in + reset_h)
+                update = torch.sigmoid(update_in + update_h)
+                candidate = torch.tanh(new_in + reset * new_h)
+                hidden = (1 - update) * candidate + update * hidden
+            else:
+                gate_i, gate_f, gate_g, gate_o = (from_input + from_hidden).chunk(4, dim=1)
+                memory = torch.sigmoid(gate_f) * memory + torch.sigmoid(gate_i) * torch.tanh(gate_g)
+                hidden = torch.sigmoid(gate_o) * torch.tanh(memory)
+            outputs.append(hidden)
+        return self.head(torch.stack(outputs, dim=1))
