@@ -353,8 +353,27 @@ def test_meta_tuning_a_symbolic_rule_starts_from_its_weights_and_writes_tuned_co
     assert tuned.theta["constants"].tolist() != pytest.approx([0.05])
     # config.json's rule carries the tuned constant, so the formula people read is the one that runs
     assert tuned.config.rule["args"][0]["const"] == pytest.approx(tuned.theta["constants"][0].item())
-    with pytest.raises(ValueError, match="leave optimizer_config empty"):
+    with pytest.raises(ValueError, match="may only add weights"):
         MetaTrainer(MetaTrainConfig.from_dict({**config.__dict__, "optimizer_config": {"beta1": 0.5}}), tmp_path / "x")
+
+
+def test_meta_training_from_weights_may_add_a_step_scale_network(tmp_path):
+    lo.Celo2([torch.nn.Parameter(torch.zeros(2, 2))], seed=5).save_pretrained(tmp_path / "start")
+    start_theta = lo.from_pretrained(tmp_path / "start").theta
+    values = {
+        "architecture": "celo2",
+        "initial_weights": str(tmp_path / "start"),
+        "optimizer_config": {"step_scale_hidden": 4},
+        "task": "quadratic",
+    }
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(values), tmp_path / "run")
+    assert trainer.optimizer_config.step_scale_hidden == 4
+    assert set(trainer.theta) == set(start_theta) | {"scale_w0", "scale_b0", "scale_w1", "scale_b1"}
+    assert all(torch.equal(trainer.theta[name], value) for name, value in start_theta.items())
+    assert torch.equal(trainer.theta["scale_w1"], torch.zeros(4, 1))  # the scale starts at exactly 1
+    for overrides in ({"ff_hidden_size": 4}, {"ns_iters": 3}):
+        with pytest.raises(ValueError, match="may only add weights"):
+            MetaTrainer(MetaTrainConfig.from_dict({**values, "optimizer_config": overrides}), tmp_path / "x")
 
 
 def test_meta_tuning_never_returns_weights_that_validate_worse_than_its_start(tmp_path, monkeypatch):

@@ -182,6 +182,25 @@ class MetaTrainResult:
     progress: Progress
 
 
+def extended_config(architecture: Any, start_from: Any, overrides: dict[str, Any]) -> Any:
+    """The config of the starting weights ``start_from`` with ``overrides``, which may only add
+    weights: every weight of the starting network must keep its name and shape."""
+    if not overrides:
+        return start_from.config
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(start_from.config)}
+    if unknown:
+        raise ValueError(f"optimizer_config: unknown fields {sorted(unknown)} for {architecture.__name__}")
+    extended = dataclasses.replace(start_from.config, **overrides)
+    shapes = {name: tuple(value.shape) for name, value in architecture.init_theta(extended, None).items()}
+    changed = sorted(name for name, value in start_from.theta.items() if shapes.get(name) != tuple(value.shape))
+    if changed or set(shapes) == set(start_from.theta):
+        raise ValueError(
+            f"optimizer_config {overrides} adds no weights or changes the starting weights {changed}; with "
+            "initial_weights it may only add weights (e.g. Celo2's step_scale_hidden)"
+        )
+    return extended
+
+
 class MetaTrainer:
     """Runs a :class:`MetaTrainConfig` in ``run_dir`` (checkpoint, metrics.jsonl, plot)."""
 
@@ -220,12 +239,14 @@ class MetaTrainer:
             from learned_optim.hub import from_pretrained
 
             start_from = from_pretrained(config.initial_weights)
-            if start_from.architecture != config.architecture or config.optimizer_config:
+            if start_from.architecture != config.architecture:
                 raise ValueError(
-                    f"initial_weights {config.initial_weights!r} are {start_from.architecture!r} weights with "
-                    f"their own config: set architecture {start_from.architecture!r}, leave optimizer_config empty"
+                    f"initial_weights {config.initial_weights!r} are {start_from.architecture!r} weights: "
+                    f"set architecture {start_from.architecture!r}"
                 )
-            self.optimizer_config = start_from.config
+            # optimizer_config may only add weights (e.g. Celo2's step_scale_hidden): the starting
+            # network's fields are kept and every one of its weights must keep its name and shape.
+            self.optimizer_config = extended_config(self.architecture, start_from, config.optimizer_config)
         self.data_root = data_root
         self.distribution = TASK_DISTRIBUTIONS.get(config.task)
         self.task = self.validation_task = None  # with a distribution, each trajectory draws its own
@@ -243,8 +264,8 @@ class MetaTrainer:
             penalty = partial(symmetry_penalty, structures)
             self.regularizer = lambda params, update: config.symmetry_weight * penalty(params, update)
         initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
-        if start_from is not None:
-            initial = {k: v.clone() for k, v in start_from.theta.items()}
+        if start_from is not None:  # weights the starting network lacks keep their fresh values
+            initial |= {k: v.clone() for k, v in start_from.theta.items()}
         self.theta = {k: v.requires_grad_() for k, v in initial.items()}
         self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
         self.meta_optimizer = torch.optim.Adam(self.theta.values(), lr=config.meta_lr)
