@@ -72,12 +72,16 @@ def all_finite(value: Tensor) -> bool:
     return bool(finite)
 
 
-def mean_over_ranks(value: float) -> float:
+def sum_over_ranks(value: float) -> float:
     if world_size() == 1:
         return value
     total = torch.tensor(value, dtype=torch.float64)
     dist.all_reduce(total)
-    return float(total) / world_size()
+    return float(total)
+
+
+def mean_over_ranks(value: float) -> float:
+    return sum_over_ranks(value) / world_size()
 
 
 def rank_generator(shared: torch.Generator) -> torch.Generator:

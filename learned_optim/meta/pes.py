@@ -67,8 +67,11 @@ def evaluate_unroll(
     *,
     lr: float,
     split: str = "train",
+    update: Any = None,
 ) -> tuple[Tensor, InnerState]:
-    """``unroll.unroll``'s losses and new state (same batches, same arithmetic) without any graph to φ."""
+    """``unroll.unroll``'s losses and new state (same batches, same arithmetic) without any graph to φ.
+
+    ``update``: the update function to run (default the architecture's; e.g. its ``forward_update``)."""
     names = task.parameter_names
 
     def leaves(params: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -83,7 +86,7 @@ def evaluate_unroll(
         with torch.no_grad():
             step = torch.tensor(float(inner.step + k + 1))
             direction, opt_state = optimizer_step(
-                architecture, theta, config, flat_grad, opt_state, step, names=names, params=params
+                architecture, theta, config, flat_grad, opt_state, step, names=names, params=params, update=update
             )
             params = leaves(apply_direction(task, params, direction, lr))
         loss = task.loss(params, task.sample(generator, split))

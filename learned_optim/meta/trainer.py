@@ -301,7 +301,9 @@ class MetaTrainer:
 
     def draw_step_tasks(self, generator: torch.Generator) -> list[Any]:
         """A meta-step's ``tasks_per_step`` tasks; with ``same_spec_per_step``, one drawn task, repeated
-        (its instances then differ in initialisation and batches only, so they can be stacked)."""
+        (its instances then differ in initialisation and batches only, so they can be stacked). The
+        spec comes from the generator every rank shares, so under ``--distributed`` all ranks train
+        the same spec too: ranks that wait for each other every meta-step then do equal work."""
         config = self.config
         if config.same_spec_per_step and self.distribution is not None:
             task = build_task(self.distribution.draw_spec(generator), self.data_root)
@@ -325,8 +327,12 @@ class MetaTrainer:
     def meta_trajectory(self, horizon: int) -> float:
         """``tasks_per_step`` task instances through ``horizon`` steps, one meta-step per unroll; their mean loss."""
         config = self.config
-        generator = distributed.rank_generator(self.generator)
-        tasks = self.draw_step_tasks(generator)
+        if config.same_spec_per_step and self.distribution is not None:
+            tasks = self.draw_step_tasks(self.generator)  # the spec, from the shared generator
+            generator = distributed.rank_generator(self.generator)
+        else:
+            generator = distributed.rank_generator(self.generator)
+            tasks = self.draw_step_tasks(generator)
         inners = [start(self.architecture, self.optimizer_config, task, generator) for task in tasks]
         if config.estimator == "pes":
             return self._pes_trajectory(horizon, tasks, inners, generator)
@@ -470,24 +476,50 @@ class MetaTrainer:
         generator = torch.Generator().manual_seed(self.config.seed + 10_000)
         unrolls = horizon // self.config.unroll
         total, scores = 0.0, []
-        for _ in range(self.config.validation_trajectories):
+        count = self.config.validation_trajectories
+        for index in range(count):
             task = self.validation_task or self.distribution.draw(generator, self.data_root)
             inner = start(self.architecture, self.optimizer_config, task, generator)
             scale = 1.0
             if self.distribution is not None:
                 with torch.no_grad():
                     scale = float(task.loss(inner.params, task.sample(generator, "valid")))
+            # Every rank draws every instance (the generator stays in step) but runs only its share.
+            instance_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+            if index % distributed.world_size() != distributed.rank():
+                continue
             instance_total = 0.0
             for _ in range(unrolls):
-                losses, inner, _ = self._unroll(theta, task, inner, generator, training=False)
-                instance_total += float(losses.detach().mean())
+                losses, inner = self._validation_unroll(theta, task, inner, instance_generator)
+                instance_total += float(losses.mean())
             total += instance_total
             scores.append(instance_total / unrolls / scale)
-        if self.distribution is None:
-            mean = total / (self.config.validation_trajectories * unrolls)
-        else:
-            mean = sum(scores) / len(scores)
+        total = distributed.sum_over_ranks(total)
+        mean = (
+            total / (count * unrolls) if self.distribution is None else distributed.sum_over_ranks(sum(scores)) / count
+        )
         return mean if math.isfinite(mean) else math.inf
+
+    def _validation_unroll(
+        self, theta: dict[str, Tensor], task: Any, inner: InnerState, generator: torch.Generator
+    ) -> tuple[Tensor, InnerState]:
+        """One unroll on the ``valid`` split, without a graph: the forward-only update where the
+        architecture has one (Celo2's CPU kernel), the split unroll under ``--coordinate-threads``."""
+        if self.coordinate_threads:
+            losses, inner, _ = self._unroll(theta, task, inner, generator, training=False)
+            return losses.detach(), inner
+        return pes.evaluate_unroll(
+            self.architecture,
+            theta,
+            self.optimizer_config,
+            task,
+            inner,
+            generator,
+            self.config.unroll,
+            lr=self.config.inner_lr,
+            split="valid",
+            update=getattr(self.architecture, "forward_update", None),
+        )
 
     # -- the loop -------------------------------------------------------------------------------
 
