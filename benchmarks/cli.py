@@ -10,8 +10,9 @@ three at each reported step. overhead: step time and peak memory against
 torch.optim.Adam (``benchmarks.overhead``). real: ordinary PyTorch training loops (a wide ReLU CNN, a
 deep SiLU MLP, a character Transformer, an autoencoder, logistic regression) outside the
 meta-training distribution, each recommended learned optimizer at its default lr against Adam at
-1e-3 and tuned Adam and SGD with momentum, with and without a cosine schedule (schema
-learned_optim.bench.real/1, see ``benchmarks.real_suite``; about half an hour on 2 CPU cores;
+1e-3 and tuned Adam and SGD with momentum, with and without a cosine schedule, at two lengths
+(--length short: 200-300 steps, about 40 minutes on 2 CPU cores; long: 2,000 steps, into
+--out/long, about 8x that) (schema learned_optim.bench.real/1, see ``benchmarks.real_suite``;
 --tasks picks loops, --steps/--seeds/--tuning-seeds change the budget). Each suite writes into --out (default
 bench-results/SUITE): results.json (schema below), results.md and SUITE.png; rerunning the same
 command resumes, reusing every finished cell.
@@ -72,6 +73,13 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--length",
+        nargs="*",
+        choices=["short", "long"],
+        help="real: which lengths to run (default both: short, each loop's 200-300 steps, into --out; "
+        "long, 2,000 steps, into --out/long)",
+    )
+    parser.add_argument(
         "--update-cards",
         action="store_true",
         help="real: write each learned optimizer's rows into its local model card",
@@ -106,29 +114,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "learned-optim bench") -
 
 
 def _run_real(args: argparse.Namespace, out: Path, command: str) -> int:
-    from .real_report import write_real_reports
-    from .real_suite import SEEDS, TUNING_SEEDS, run_real_suite
+    from .real_report import update_cards, write_real_reports
+    from .real_suite import LENGTHS, SEEDS, TUNING_SEEDS, run_real_suite
 
-    results = run_real_suite(
-        out,
-        optimizers=args.optimizers,
-        baselines=args.baselines,
-        loops=args.tasks,
-        steps=args.steps,
-        seeds=args.seeds or SEEDS,
-        tuning_seeds=args.tuning_seeds or TUNING_SEEDS,
-        device=args.device,
-        progress=not args.no_progress,
-        command=command,
-    )
-    paths = write_real_reports(results.data, out)
-    results.write()
-    if args.update_cards:
-        from .real_report import update_cards
-
-        paths += update_cards(results.data, results.data["summary"])
-    print(paths[0].read_text())
-    print("written: " + ", ".join(str(p) for p in [results.path, *paths]))
+    written = []
+    for length in args.length or LENGTHS:
+        length_out = out if length == "short" else out / "long"
+        results = run_real_suite(
+            length_out,
+            optimizers=args.optimizers,
+            baselines=args.baselines,
+            loops=args.tasks,
+            steps=args.steps,
+            seeds=args.seeds or SEEDS,
+            tuning_seeds=args.tuning_seeds or TUNING_SEEDS,
+            device=args.device,
+            progress=not args.no_progress,
+            command=command,
+            length=length,
+        )
+        paths = write_real_reports(results.data, length_out)
+        results.write()
+        if args.update_cards:
+            paths += update_cards(results.data, results.data["summary"], length_out / "results.md")
+        print(paths[0].read_text())
+        written += [results.path, *paths]
+    print("written: " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -16,11 +16,10 @@ from typing import Any
 from .real_report import figure_text, loop_table, plot
 from .real_suite import PROTOCOL, SEEDS, TUNING_SEEDS, run_real_suite, summarize
 from .report import display_name, header
-from .suites import Results, learned_optimizers
+from .suites import Results, default_optimizers
 
 LOOPS = ("mnist-cnn-wide", "text-transformer", "mnist-mlp-sigmoid")
 SCHEDULES = ("constant",)
-REFERENCE = ("celo2-published",)  # shown beside ours whether recommended or not
 DESCRIPTION = (
     "a few minutes: the recommended learned optimizers and the published Celo2 in three ordinary loops "
     "(a ReLU CNN, a character Transformer, the sigmoid MNIST MLP), against tuned Adam and SGD with momentum"
@@ -31,12 +30,6 @@ QUICK_PROTOCOL = (
 Quick: the loops {", ".join(LOOPS)} only, at a constant rate only (no cosine runs).
 """
 )
-
-
-def default_optimizers() -> list[str]:
-    """The recommended learned optimizers, then the reference weights found here."""
-    every = learned_optimizers("every")
-    return learned_optimizers("recommended") + [name for name in REFERENCE if name in every]
 
 
 def run_quick_suite(

@@ -10,7 +10,13 @@ Python source. Each loop here differs from that in architecture, data or loss:
 - ``fashion-mlp-deep``: five SiLU hidden layers on Fashion-MNIST;
 - ``text-transformer``: a 2-layer character-level Transformer on English prose (``text_corpus``);
 - ``fashion-autoencoder``: an MLP autoencoder on Fashion-MNIST, a regression loss;
-- ``mnist-logistic``: logistic regression on raw MNIST pixels, a convex problem.
+- ``mnist-logistic``: logistic regression on raw MNIST pixels, a convex problem;
+- ``text-gru``: a 2-layer ``nn.GRU`` character model on English prose (meta-training's recurrent
+  models are one written-out layer on Python source);
+- ``mnist-resnet-bn``: a residual CNN with BatchNorm, two stages of two blocks (16 and 32
+  channels) at 28×28 (meta-training's are one stage of 1–3 blocks at 14×14).
+
+Each loop runs at its own short length (200–300 steps) and at ``LONG_STEPS``.
 
 ``CLASSIC_LOOPS`` holds the learned-optimization literature's classic, the sigmoid 784-20-10 MLP
 on MNIST (Andrychowicz et al. 2016), as an ordinary loop: inside the meta-training distribution
@@ -44,6 +50,7 @@ TEXT_CONTEXT = 64
 # memory of a window at every character.
 TEXT_FIT_STRIDE = 8
 TEXT_HELD_OUT = 0.1  # the last tenth of the corpus: validation then test, never trained on
+LONG_STEPS = 2000  # the long length every loop also runs at: what users train for
 
 Batch = tuple[Tensor, Tensor]
 
@@ -196,6 +203,47 @@ class CharTransformer(nn.Module):
         return self.head(self.norm(hidden))
 
 
+class CharGRU(nn.Module):
+    """A character model as a user writes it: embedding, a 2-layer ``nn.GRU``, a linear head."""
+
+    def __init__(self, vocabulary: int, width: int = 128, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, 64)
+        self.rnn = nn.GRU(64, width, layers, batch_first=True)
+        self.head = nn.Linear(width, vocabulary)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.head(self.rnn(self.embed(codes))[0])
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: conv–BN–ReLU–conv–BN plus the shortcut, then ReLU."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def _resnet_bn() -> nn.Module:
+    # Stem at stride 2 and two stages (16 and 32 channels): a ResNet in miniature, fit for a CPU.
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        BasicBlock(16, 16, 1), BasicBlock(16, 16, 1),
+        BasicBlock(16, 32, 2), BasicBlock(32, 32, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    )  # fmt: skip
+
+
 def _sequence_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
@@ -277,6 +325,28 @@ LOOPS: dict[str, Loop] = {
             nn.functional.mse_loss,
             "reconstruction MSE",
             False,
+        ),
+        Loop(
+            "text-gru",
+            f"character GRU, 2 layers of 128 (nn.GRU), context {TEXT_CONTEXT}, batch 32, English prose",
+            200,
+            32,
+            lambda: CharGRU(_text_windows()[1]),
+            lambda: _text_windows()[0],
+            _sequence_cross_entropy,
+            "bits per char",
+            False,
+        ),
+        Loop(
+            "mnist-resnet-bn",
+            "residual CNN with BatchNorm (stem, 2 stages of 2 basic blocks, 16 and 32 channels), raw MNIST, batch 64",
+            200,
+            64,
+            _resnet_bn,
+            lambda: _image_halves("MNIST"),
+            nn.functional.cross_entropy,
+            "accuracy",
+            True,
         ),
         Loop(
             "mnist-logistic",

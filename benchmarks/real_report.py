@@ -160,19 +160,24 @@ def write_real_reports(data: dict[str, Any], out: Path) -> list[Path]:
     return [out / "results.md", plot(data, summary, out / "real.png")]
 
 
-CARD_HEADING = "### Ordinary training loops (`learned-optim bench real`)"
+CARD_HEADINGS = {
+    "short": "### Ordinary training loops (`learned-optim bench real`)",
+    "long": "### Ordinary training loops at 2,000 steps (`learned-optim bench real --length long`)",
+}
 
 
-def card_block(name: str, data: dict[str, Any], summary: dict[str, Any]) -> str:
+def card_block(
+    name: str, data: dict[str, Any], summary: dict[str, Any], results: str = "benchmarks/results/real/results.md"
+) -> str:
     """The card subsection for learned optimizer ``name``: its row in every loop and schedule, beside
     Adam at 1e-3 and the best tuned baseline, with the verdicts and where it diverged."""
     env = data["environment"]
     lines = [
-        CARD_HEADING,
+        CARD_HEADINGS[data.get("length", "short")],
         "",
         f"Untuned, at its default lr, in {len(summary['loops'])} ordinary PyTorch training loops it was not "
         f"trained on, against Adam at 1e-3 and Adam and SGD with momentum tuned per loop (`{data['command']}`, "
-        f"commit {env['commit']}, {env['machine']}; protocol and every row: `benchmarks/results/real/results.md`). "
+        f"commit {env['commit']}, {env['machine']}; protocol and every row: `{results}`). "
         "Train loss: mean minibatch loss over the last 10% of steps, mean ± std over seeds.",
         "",
         "| loop | schedule | train loss | Adam@1e-3 | best tuned baseline | test metric (best tuned) | "
@@ -209,8 +214,11 @@ def card_block(name: str, data: dict[str, Any], summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_cards(data: dict[str, Any], summary: dict[str, Any]) -> list[Path]:
-    """Write ``card_block`` into the Evaluation section of every learned optimizer's local model card."""
+def update_cards(
+    data: dict[str, Any], summary: dict[str, Any], results: Path = Path("benchmarks/results/real/results.md")
+) -> list[Path]:
+    """Write ``card_block`` into the Evaluation section of every learned optimizer's local model card;
+    ``results``: the results file the block points to."""
     from learned_optim import hub
     from learned_optim.cards import set_subsection
     from learned_optim.errors import WeightsError
@@ -224,6 +232,6 @@ def update_cards(data: dict[str, Any], summary: dict[str, Any]) -> list[Path]:
         except WeightsError:  # an architecture name, or Hub weights not on this machine: no card to write
             continue
         if card.exists():
-            card.write_text(set_subsection(card.read_text(), card_block(name, data, summary)))
+            card.write_text(set_subsection(card.read_text(), card_block(name, data, summary, results.as_posix())))
             written.append(card)
     return written

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from learned_optim.provenance import environment
 
-from .real_loops import ALL_LOOPS, LOOPS, Loop
+from .real_loops import ALL_LOOPS, LONG_STEPS, LOOPS, Loop
 from .real_training import SCHEDULES, RealCellSpec, run_real_cell
 from .runner import weights_digest
 from .stats import mean, std, verdict
-from .suites import Results, learned_optimizers, recommendations
+from .suites import Results, default_optimizers, recommendations
 from .tuning import at_grid_edge, best
 
 SCHEMA = "learned_optim.bench.real/1"
@@ -35,15 +35,17 @@ GRIDS: dict[str, tuple[float, ...]] = {
 SEEDS, TUNING_SEEDS = 2, 1
 TUNING_FIRST_SEED, FINAL_FIRST_SEED = 0, 1000
 WITHIN = 0.05  # "within 5% of the best tuned baseline"
+LENGTHS = ("short", "long")  # each loop's own 200-300 steps; LONG_STEPS
 STEP_TIME_TARGET = 3.0  # "optimizer.step() at most 3x Adam(foreach=True)'s"
 AS_WRITTEN, TUNED = "adam@1e-3", " (tuned)"
 
 PROTOCOL = """\
 Each loop is an ordinary PyTorch script: an nn.Module, random minibatches, loss.backward(),
 optimizer.step(), optimizer.zero_grad(), and under the cosine schedule
-CosineAnnealingLR(T_max = steps) stepped after every step. Budget: 200-300 steps per run, small
-models, 1 tuning seed and 2 final seeds, so the whole suite fits in about half an hour on 2 CPU
-cores. 1. Tune: Adam (foreach=True) and SGD with momentum 0.9 train with every rate of their
+CosineAnnealingLR(T_max = steps) stepped after every step. Two lengths, each a complete run of
+the protocol with its own tuning: short, 200-300 steps per run (about 40 minutes on 2 CPU cores),
+and long, 2,000 steps per run (about 8x that); small models, 1 tuning seed and 2 final seeds.
+1. Tune: Adam (foreach=True) and SGD with momentum 0.9 train with every rate of their
 half-decade log grids (Adam 0.03 ... 1e-4, SGD-m 1 ... 0.003) from seed 0 at a constant rate; each
 keeps the rate with the lowest validation loss at the last step (held-out data, never the test
 split; a diverged run counts as infinite); a rate at the grid's edge is starred. The cosine runs
@@ -94,12 +96,19 @@ def run_real_suite(
     suite: str = "real",
     description: str = DESCRIPTION,
     protocol: str = PROTOCOL,
+    length: str = "short",
 ) -> Results:
     """Run (or resume) the suite into ``out/results.json``, written after every cell.
 
-    ``loops`` default to ``LOOPS``; any of ``ALL_LOOPS`` may be named. ``suite``, ``description``,
+    ``length``: ``short``, each loop at its own 200–300 steps, or ``long``, every loop at
+    ``LONG_STEPS`` (with its own tuning); ``steps`` overrides both. ``loops`` default to ``LOOPS``;
+    any of ``ALL_LOOPS`` may be named. ``suite``, ``description``,
     ``protocol`` and ``schedules`` let another suite (``quick``) run a slice of this one.
     """
+    if length not in LENGTHS:
+        raise ValueError(f"length {length!r}: choose from {LENGTHS}")
+    if steps is None and length == "long":
+        steps = LONG_STEPS
     results = Results(out / "results.json", schema=SCHEMA)
     grids = dict(GRIDS if grids is None else grids)
     baselines = list(grids) if baselines is None else baselines
@@ -110,12 +119,13 @@ def run_real_suite(
             f"unknown baselines, loops or schedules {unknown}: baselines {sorted(grids)}, loops {sorted(ALL_LOOPS)}, "
             f"schedules {list(SCHEDULES)}"
         )
-    learned = learned_optimizers("recommended") if optimizers is None else optimizers
+    learned = default_optimizers("recommended") if optimizers is None else optimizers
     digests = {name: weights_digest(name) for name in learned}
     plans = [ALL_LOOPS[name] if steps is None else replace(ALL_LOOPS[name], steps=steps) for name in loops or LOOPS]
     data = {loop.name: loop.load_data() for loop in plans}
     results.data.update(
         suite=suite,
+        length=length,
         description=description,
         protocol=" ".join(protocol.split()),
         schedules=list(schedules),

@@ -117,6 +117,16 @@ SUITES: dict[str, Suite] = {
 }
 
 
+REFERENCE = ("celo2-published",)  # the field's published weights: run beside ours whether recommended or not
+
+
+def default_optimizers(which: str = "recommended") -> list[str]:
+    """What a suite runs by default: ``learned_optimizers(which)`` and the reference weights found here."""
+    chosen = learned_optimizers(which)
+    every = learned_optimizers("every")
+    return chosen + [name for name in REFERENCE if name in every and name not in chosen]
+
+
 def learned_optimizers(which: str = "every") -> list[str]:
     """The pretrained learned optimizers ``list_pretrained()`` finds: ``every`` one or the ``recommended`` ones."""
     if which not in ("every", "recommended"):
@@ -197,7 +207,7 @@ def run_suite(
 ) -> Results:
     """Run (or resume) ``suite``, writing ``out/results.json`` after every cell."""
     results = Results(out / "results.json")
-    learned = learned_optimizers(suite.learned) if optimizers is None else optimizers
+    learned = default_optimizers(suite.learned) if optimizers is None else optimizers
     baselines = list(suite.grids) if baselines is None else baselines
     unknown = [b for b in baselines if b not in suite.grids]
     if unknown:

@@ -152,7 +152,19 @@ def test_command_line_lists_and_runs_the_real_suite(tmp_path, capsys, monkeypatc
         bench_main(["--help"])
     assert "real" in capsys.readouterr().out
     monkeypatch.setattr(real_suite, "GRIDS", {"adam": (0.001,), "sgd-momentum": (0.1,)})
-    argv = ["real", "--out", str(tmp_path), "--tasks", "mnist-logistic", "--steps", "3", "--seeds", "1"]
+    argv = [
+        "real",
+        "--out",
+        str(tmp_path),
+        "--tasks",
+        "mnist-logistic",
+        "--steps",
+        "3",
+        "--seeds",
+        "1",
+        "--length",
+        "short",
+    ]
     assert bench_main([*argv, "--optimizers", "--no-progress", "--threads", "1"]) == 0
     assert "| constant | adam@1e-3 |" in capsys.readouterr().out
     assert (tmp_path / "real.png").exists()
@@ -161,7 +173,7 @@ def test_command_line_lists_and_runs_the_real_suite(tmp_path, capsys, monkeypatc
 
 
 def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch):
-    from benchmarks.real_report import CARD_HEADING, update_cards
+    from benchmarks.real_report import CARD_HEADINGS, update_cards
     from learned_optim import hub
 
     results = run_tiny(tmp_path / "results")
@@ -172,6 +184,16 @@ def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch
     monkeypatch.setattr(hub, "resolve", lambda name, **options: card_folder)
     assert update_cards(results.data, results.data["summary"]) == [card_folder / "README.md"]
     card = (card_folder / "README.md").read_text()
-    assert "### Summary\n\nkept" in card and CARD_HEADING in card
+    assert "### Summary\n\nkept" in card and CARD_HEADINGS["short"] in card
     rows = [line for line in card.splitlines() if line.startswith(("| mnist-logistic |", "| text-transformer |"))]
     assert len(rows) == 2 * len(real_training.SCHEDULES)
+    # The long length gets a subsection of its own, pointing at its results; the short one stays.
+    monkeypatch.setattr(real_suite, "LONG_STEPS", 5)
+    long_results = run_tiny(tmp_path / "long", steps=None, loops=["mnist-logistic"], length="long")
+    assert long_results.data["length"] == "long" and long_results.data["loops"][0]["steps"] == 5
+    update_cards(long_results.data, long_results.data["summary"], tmp_path / "long" / "results.md")
+    card = (card_folder / "README.md").read_text()
+    assert CARD_HEADINGS["short"] in card and CARD_HEADINGS["long"] in card
+    assert f"`{(tmp_path / 'long' / 'results.md').as_posix()}`" in card
+    with pytest.raises(ValueError, match="length 'medium'"):
+        run_tiny(tmp_path / "x", length="medium")
