@@ -178,6 +178,9 @@ def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch
 
     results = run_tiny(tmp_path / "results")
     write_real_reports(results.data, tmp_path / "results")
+    monkeypatch.setattr(real_suite, "LONG_STEPS", 5)
+    long_results = run_tiny(tmp_path / "long", steps=None, loops=["mnist-logistic"], length="long")
+    write_real_reports(long_results.data, tmp_path / "long")
     card_folder = tmp_path / "hamiltonian-mnist"
     card_folder.mkdir()
     (card_folder / "README.md").write_text("# hamiltonian-mnist\n\n## Evaluation\n\n### Summary\n\nkept\n")
@@ -188,8 +191,6 @@ def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch
     rows = [line for line in card.splitlines() if line.startswith(("| mnist-logistic |", "| text-transformer |"))]
     assert len(rows) == 2 * len(real_training.SCHEDULES)
     # The long length gets a subsection of its own, pointing at its results; the short one stays.
-    monkeypatch.setattr(real_suite, "LONG_STEPS", 5)
-    long_results = run_tiny(tmp_path / "long", steps=None, loops=["mnist-logistic"], length="long")
     assert long_results.data["length"] == "long" and long_results.data["loops"][0]["steps"] == 5
     update_cards(long_results.data, long_results.data["summary"], tmp_path / "long" / "results.md")
     card = (card_folder / "README.md").read_text()
