@@ -134,7 +134,7 @@ def _meta_train(args: argparse.Namespace) -> int:
     import torch
 
     from learned_optim.meta.export import export_weights
-    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+    from learned_optim.meta.trainer import CHECKPOINT_NAME, MetaTrainConfig, MetaTrainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +145,14 @@ def _meta_train(args: argparse.Namespace) -> int:
         distributed.init_from_environment()
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     trainer = MetaTrainer(config, run_dir, data_root=args.data_root, coordinate_threads=args.coordinate_threads)
-    result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
+    if args.export_only:
+        checkpoint = run_dir / CHECKPOINT_NAME
+        if not checkpoint.exists():
+            raise SystemExit(f"--export-only: no checkpoint in {run_dir}")
+        trainer.load_checkpoint(checkpoint)
+        result = trainer.result()
+    else:
+        result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
     launcher = ""
     if args.distributed:
         exports = distributed.rank() == 0
@@ -158,6 +165,7 @@ def _meta_train(args: argparse.Namespace) -> int:
     command += f" --threads {args.threads}" if args.threads else ""
     command += f" --coordinate-threads {args.coordinate_threads}" if args.coordinate_threads > 1 else ""
     command += " --distributed" if args.distributed else ""
+    command = args.command or command
     out = export_weights(trainer, result, args.out or run_dir / "weights", command)
     print(f"weights written to {out} (best meta-validation loss {min(result.progress.best_valid, 1e9):.4f})")
     return 0
@@ -278,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--run-dir", help="checkpoint, metrics and plot folder (default: runs/<config name>)")
     meta.add_argument("--out", help="weights directory to write (default: <run-dir>/weights)")
     meta.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    meta.add_argument(
+        "--export-only",
+        action="store_true",
+        help="write the best weights so far from the run directory's checkpoint, without training (an unfinished "
+        "run's card says so)",
+    )
+    meta.add_argument(
+        "--command", help="with --export-only: the command line that trained the run, for the card and config.json"
+    )
     meta.add_argument("--data-root", help="dataset folder (default: $LEARNED_OPTIM_DATA or ~/.cache)")
     meta.add_argument("--threads", type=int, help="torch CPU threads (results depend on it; the recipe records it)")
     meta.add_argument(

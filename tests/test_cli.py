@@ -201,3 +201,32 @@ def test_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert missing.returncode == 1 and "nope.json" in missing.stderr
     unknown = run_cli("diagnose", "--task", "cifar-vit", "--steps", "1", check=False)
     assert unknown.returncode == 1 and "unknown task 'cifar-vit'" in unknown.stderr
+
+
+def test_an_unfinished_run_exports_its_best_weights_and_says_so(tmp_path):
+    import json
+
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+
+    recipe = {"architecture": "hamiltonian", "task": "quadratic", "horizons": [10], "unroll": 5}
+    recipe |= {"meta_epochs": 3, "trajectories_per_epoch": 2, "validation_trajectories": 1}
+    config_path = tmp_path / "tiny.json"
+    config_path.write_text(json.dumps(recipe))
+    trainer = MetaTrainer(MetaTrainConfig.from_file(config_path), tmp_path / "run")
+    trainer.run_dir.mkdir()
+    trainer.meta_trajectory(10)
+    trainer.progress.trajectory = 1
+    trainer.save_checkpoint()
+    assert trainer.inner_steps() == (10, 10)
+
+    command = "torchrun --nproc_per_node 2 -m learned_optim meta-train tiny.json --distributed"
+    out = tmp_path / "weights"
+    run_cli("meta-train", str(config_path), "--run-dir", str(tmp_path / "run"), "--export-only", "--out", str(out),
+            "--command", command)  # fmt: skip
+    card = (out / "README.md").read_text()
+    assert "**Unfinished**" in card and "after 0 of 3 epochs" in card and command in card
+    assert "Budget: 10 inner" in card
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["recipe"]["inner_steps"] == 10 and saved["recipe"]["finished"] is False
+    missing = run_cli("meta-train", str(config_path), "--run-dir", str(tmp_path / "none"), "--export-only", check=False)
+    assert missing.returncode != 0 and "no checkpoint" in missing.stderr

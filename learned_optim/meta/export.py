@@ -28,11 +28,25 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "machine": machine(),
         "commit": result.progress.started_at_commit or git_commit(),
         "meta_training_minutes": round(result.progress.seconds / 60, 1),
+        "inner_steps": trainer.inner_steps()[0],
+        "inner_steps_computed": trainer.inner_steps()[1],
+        "finished": trainer.finished(),
+        "epochs_done": result.progress.epoch,
     }
 
 
 def _loss(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"  # the epoch-0 row of given weights has no training loss
+
+
+def _status(recipe: dict[str, Any], config: Any) -> str:
+    if recipe.get("finished", True):
+        return "The run finished."
+    total = config.imitation_epochs + config.meta_epochs
+    return (
+        f"**Unfinished**: these are the best weights after {recipe['epochs_done']} of {total} epochs; "
+        "the run resumes from its committed checkpoint (`--resume`)."
+    )
 
 
 def training_card(
@@ -48,9 +62,12 @@ def training_card(
 {recipe["command"]}
 ```
 
-Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed {config.seed}; trained in
-{recipe["meta_training_minutes"]} minutes on {recipe["threads"]} CPU thread(s) ({recipe["machine"]}), torch
-{recipe["torch"]}, commit {recipe["commit"]}. The full config is in `config.json` under `recipe`.
+Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed {config.seed}; trained for
+{recipe["meta_training_minutes"]} minutes (validation excluded) on {recipe["threads"]} CPU thread(s) per process
+({recipe["machine"]}), torch {recipe["torch"]}, commit {recipe["commit"]}. Budget: {recipe["inner_steps"]:,} inner
+steps along the optimizees' trajectories, {recipe["inner_steps_computed"]:,} computed (PES runs
+{2 * config.pes_particles if config.estimator == "pes" else 1} perturbed copies of each). {_status(recipe, config)}
+The full config is in `config.json` under `recipe`.
 
 ![meta-training curve](training.png)
 

@@ -556,13 +556,39 @@ class MetaTrainer:
             bar.set_postfix(valid=f"{progress.history[-1]['valid_loss']:.4f}", horizon=horizon)
         bar.close()
         self.write_plot()
+        return self.result()
+
+    def result(self) -> MetaTrainResult:
+        """Where the run stands as a result: finished, or (from a checkpoint) the best weights so far."""
         return MetaTrainResult(
-            config.architecture,
+            self.config.architecture,
             self.optimizer_config,
             {k: v.detach().clone() for k, v in self.theta.items()},
             self.best_theta,
-            progress,
+            self.progress,
         )
+
+    def finished(self) -> bool:
+        return self.progress.epoch >= self.config.imitation_epochs + self.config.meta_epochs
+
+    def inner_steps(self) -> tuple[int, int]:
+        """The budget spent so far: inner steps along the trajectories (every rank's, the imitation
+        epochs' included), and inner steps computed (PES runs 2 × ``pes_particles`` copies of each)."""
+        config, progress = self.config, self.progress
+        per_trajectory = config.tasks_per_step
+        along = 0
+        for record in progress.history:
+            if record["phase"] in ("meta", "imitation"):
+                along += config.trajectories_per_epoch * record["horizon"] * per_trajectory
+        if not self.finished():
+            along += progress.trajectory * config.horizons[progress.horizon_index] * per_trajectory
+        copies = 2 * config.pes_particles if config.estimator == "pes" else 1
+        imitation = sum(
+            config.trajectories_per_epoch * r["horizon"] * per_trajectory
+            for r in progress.history
+            if r["phase"] == "imitation"
+        )
+        return along, imitation + (along - imitation) * copies
 
     def _validate_initial_weights(self) -> None:
         """Given weights are the first candidate (epoch 0, phase "initial"): meta-tuning a rule or a
