@@ -132,18 +132,27 @@ def _image_fields(generator: torch.Generator) -> dict:
     }
 
 
-def draw_mlp_spec(generator: torch.Generator) -> TaskSpec:
+def _mlp_spec(
+    family: str, generator: torch.Generator, depths: tuple[int, int], widths: tuple[int, int], image_size: int | None
+) -> TaskSpec:
+    """An MLP spec: 1…``depths[1]`` hidden layers of log-uniform widths; ``image_size`` fixed or drawn."""
     images = _image_fields(generator)
-    depth = int(torch.randint(1, 4, (), generator=generator))
-    hidden = tuple(round(_log_uniform(16, 256, generator)) for _ in range(depth))
+    if image_size is not None:
+        images["image_size"] = image_size
+    depth = int(torch.randint(depths[0], depths[1] + 1, (), generator=generator))
+    hidden = tuple(round(_log_uniform(*widths, generator)) for _ in range(depth))
     return TaskSpec(
-        "mlp",
+        family,
         batch_size=_choice((32, 64, 128, 256), generator),
         init_scale=_init_scale(generator),
         hidden=hidden,
         activation=_choice(tuple(ACTIVATIONS), generator),
         **images,
     )
+
+
+def draw_mlp_spec(generator: torch.Generator) -> TaskSpec:
+    return _mlp_spec("mlp", generator, (1, 3), (16, 256), None)
 
 
 def draw_cnn_spec(generator: torch.Generator) -> TaskSpec:
@@ -170,17 +179,7 @@ def draw_char_lm_spec(generator: torch.Generator) -> TaskSpec:
 
 
 def draw_wide_mlp_spec(generator: torch.Generator) -> TaskSpec:
-    images = {**_image_fields(generator), "image_size": 14}
-    depth = int(torch.randint(1, 3, (), generator=generator))
-    hidden = tuple(round(_log_uniform(64, 512, generator)) for _ in range(depth))
-    return TaskSpec(
-        "wide-mlp",
-        batch_size=_choice((32, 64, 128, 256), generator),
-        init_scale=_init_scale(generator),
-        hidden=hidden,
-        activation=_choice(tuple(ACTIVATIONS), generator),
-        **images,
-    )
+    return _mlp_spec("wide-mlp", generator, (1, 2), (64, 512), 14)
 
 
 def draw_resnet_spec(generator: torch.Generator) -> TaskSpec:
