@@ -99,3 +99,21 @@ def test_the_kernel_stays_out_of_autograd_and_other_dtypes():
         assert celo2_kernel.applies(param.bfloat16(), config)  # computed in float32
         assert not celo2_kernel.applies(torch.randn(7), config)
         assert not celo2_kernel.applies(param, lo.Celo2Config(ff_hidden_size=4))
+
+
+@pytest.mark.parametrize("shape", [(37, 1029), (4, 2, 3, 3), (7,)])
+def test_forward_update_runs_the_kernel_outside_autograd_and_the_update_inside(shape):
+    """PES's copies and validation call ``forward_update``: the kernel where it applies, the same
+    numbers as ``update`` to float32 rounding; with autograd on, ``update`` itself, bit for bit."""
+    theta, param, grad, state, options = _inputs(shape, {"orthogonalize": False})
+    config = lo.Celo2Config()
+    expected, expected_state = celo2.update(theta, grad, state, torch.tensor(3.0), config, param=param, options=options)
+    with torch.no_grad():
+        got, got_state = celo2.forward_update(
+            theta, grad, state, torch.tensor(3.0), config, param=param, options=options
+        )
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-5)
+    for key, value in expected_state.items():
+        torch.testing.assert_close(got_state[key], value)
+    inside, _ = celo2.forward_update(theta, grad, state, torch.tensor(3.0), config, param=param, options=options)
+    assert torch.equal(inside, expected)
