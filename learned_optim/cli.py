@@ -150,6 +150,7 @@ def _meta_train(args: argparse.Namespace) -> int:
         if not checkpoint.exists():
             raise SystemExit(f"--export-only: no checkpoint in {run_dir}")
         trainer.load_checkpoint(checkpoint)
+        trainer.write_plot()
         result = trainer.result()
     else:
         result = trainer.run(resume=args.resume, progress_bar=not args.no_progress)
