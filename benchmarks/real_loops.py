@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from learned_optim.meta.tasks.data import load_images
+from learned_optim.meta.tasks.distributions import ResidualBlock
 from learned_optim.meta.tasks.images import SPLIT_SEED
 
 VALIDATION_EXAMPLES = 4096  # fixed sample of held-out data for tuning
@@ -216,30 +217,13 @@ class CharGRU(nn.Module):
         return self.head(self.rnn(self.embed(codes))[0])
 
 
-class BasicBlock(nn.Module):
-    """torchvision's ResNet basic block: conv–BN–ReLU–conv–BN plus the shortcut, then ReLU."""
-
-    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(outputs)
-        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(outputs)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or inputs != outputs:
-            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 def _resnet_bn() -> nn.Module:
-    # Stem at stride 2 and two stages (16 and 32 channels): a ResNet in miniature, fit for a CPU.
+    # Stem at stride 2 and two stages (16 and 32 channels) of torchvision's basic block: a ResNet in
+    # miniature, fit for a CPU.
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        BasicBlock(16, 16, 1), BasicBlock(16, 16, 1),
-        BasicBlock(16, 32, 2), BasicBlock(32, 32, 1),
+        ResidualBlock(16, 16, 1), ResidualBlock(16, 16, 1),
+        ResidualBlock(16, 32, 2), ResidualBlock(32, 32, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
     )  # fmt: skip
 

@@ -19,6 +19,7 @@ __all__ = ["export_weights", "git_commit", "recipe_of", "training_card"]
 
 
 def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> dict[str, Any]:
+    along, computed = trainer.inner_steps()
     return {
         "command": command,
         "config": dataclasses.asdict(trainer.config),
@@ -28,8 +29,8 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "machine": machine(),
         "commit": result.progress.started_at_commit or git_commit(),
         "meta_training_minutes": round(result.progress.seconds / 60, 1),
-        "inner_steps": trainer.inner_steps()[0],
-        "inner_steps_computed": trainer.inner_steps()[1],
+        "inner_steps": along,
+        "inner_steps_computed": computed,
         "finished": trainer.finished(),
         "epochs_done": result.progress.epoch,
     }

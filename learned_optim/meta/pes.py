@@ -148,10 +148,11 @@ def unroll_copies(
     def direction_of(theta: Any, flat_grad: Tensor, opt_state: Any, params: Any, step: Tensor) -> Any:
         return optimizer_step(architecture, theta, config, flat_grad, opt_state, step, names=names, params=params)
 
-    directions_of = vmap(direction_of, in_dims=(0, 0, 0, 0, None))
     forward_update = getattr(architecture, "forward_update", None)
     if forward_update is not None:  # a kernel that beats vmap's batched eager step: copy by copy
         directions_of = functools.partial(_copy_by_copy, architecture, config, names, forward_update)
+    else:
+        directions_of = vmap(direction_of, in_dims=(0, 0, 0, 0, None))
     params = {k: (v.detach().requires_grad_() if k in names else v) for k, v in copies.params.items()}
     opt_state = copies.opt_state
     losses = losses_of(params, batches[0])

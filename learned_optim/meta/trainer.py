@@ -494,10 +494,10 @@ class MetaTrainer:
                 instance_total += float(losses.mean())
             total += instance_total
             scores.append(instance_total / unrolls / scale)
-        total = distributed.sum_over_ranks(total)
-        mean = (
-            total / (count * unrolls) if self.distribution is None else distributed.sum_over_ranks(sum(scores)) / count
-        )
+        if self.distribution is None:
+            mean = distributed.sum_over_ranks(total) / (count * unrolls)
+        else:
+            mean = distributed.sum_over_ranks(sum(scores)) / count
         return mean if math.isfinite(mean) else math.inf
 
     def _validation_unroll(
@@ -575,20 +575,18 @@ class MetaTrainer:
         """The budget spent so far: inner steps along the trajectories (every rank's, the imitation
         epochs' included), and inner steps computed (PES runs 2 × ``pes_particles`` copies of each)."""
         config, progress = self.config, self.progress
-        per_trajectory = config.tasks_per_step
-        along = 0
-        for record in progress.history:
-            if record["phase"] in ("meta", "imitation"):
-                along += config.trajectories_per_epoch * record["horizon"] * per_trajectory
-        if not self.finished():
-            along += progress.trajectory * config.horizons[progress.horizon_index] * per_trajectory
         copies = 2 * config.pes_particles if config.estimator == "pes" else 1
-        imitation = sum(
-            config.trajectories_per_epoch * r["horizon"] * per_trajectory
-            for r in progress.history
-            if r["phase"] == "imitation"
-        )
-        return along, imitation + (along - imitation) * copies
+        epochs = [(r["phase"], r["horizon"], config.trajectories_per_epoch) for r in progress.history]
+        if not self.finished():
+            phase = "imitation" if progress.epoch < config.imitation_epochs else "meta"
+            epochs.append((phase, config.horizons[progress.horizon_index], progress.trajectory))
+        along = computed = 0
+        for phase, horizon, trajectories in epochs:
+            if phase in ("meta", "imitation"):
+                steps = trajectories * horizon * config.tasks_per_step
+                along += steps
+                computed += steps * (1 if phase == "imitation" else copies)
+        return along, computed
 
     def _validate_initial_weights(self) -> None:
         """Given weights are the first candidate (epoch 0, phase "initial"): meta-tuning a rule or a

@@ -67,6 +67,8 @@ MAX_PARAMETERS = 60_000
 GENERAL_MAX_PARAMETERS = 150_000
 FAMILIES = ("mlp", "cnn", "char-lm")
 GENERAL_FAMILIES = (*FAMILIES, "wide-mlp", "resnet", "rnn-lm")
+MLP_FAMILIES = ("mlp", "wide-mlp")  # flattened images into an MLP
+TEXT_FAMILIES = ("char-lm", "rnn-lm")  # next-byte prediction on the standard library's source
 RECURRENT_CELLS = ("gru", "lstm")
 IMAGE_DATASETS = ("MNIST", "FashionMNIST")
 IMAGE_SIZES = (28, 14)
@@ -103,7 +105,7 @@ class TaskSpec:
         data = f"{_DATASET_SHORT_NAMES[self.dataset]}{self.image_size}-{'norm' if self.normalised else 'raw'}"
         if self.family == "resnet":
             return f"resnet-{data}-c{self.channels[0]}-{self.blocks}blocks-bn-{suffix}"
-        if self.family in ("mlp", "wide-mlp"):
+        if self.family in MLP_FAMILIES:
             return f"mlp-{data}-{'x'.join(map(str, self.hidden))}-{self.activation}-{suffix}"
         return f"cnn-{data}-{'x'.join(map(str, self.channels))}{'-bn' if self.batch_norm else ''}-{suffix}"
 
@@ -261,7 +263,7 @@ def residual_cnn(channels: int, blocks: int) -> nn.Module:
 
 def build_module(spec: TaskSpec) -> nn.Module:
     """The model of ``spec`` with torch's default initialisation (not yet scaled)."""
-    if spec.family in ("mlp", "wide-mlp"):
+    if spec.family in MLP_FAMILIES:
         return mlp((spec.image_size**2, *spec.hidden, 10), ACTIVATIONS[spec.activation])
     if spec.family == "resnet":
         return residual_cnn(spec.channels[0], spec.blocks)
@@ -280,7 +282,7 @@ def parameter_count(spec: TaskSpec) -> int:
     (Building on the meta device would be exact too, but costs ~0.1 s for some modules the
     first time; tests check that the counts match the built modules.)
     """
-    if spec.family in ("mlp", "wide-mlp"):
+    if spec.family in MLP_FAMILIES:
         widths = (spec.image_size**2, *spec.hidden, 10)
         return sum((inputs + 1) * outputs for inputs, outputs in itertools.pairwise(widths))
     if spec.family == "cnn":
@@ -343,7 +345,7 @@ def image_sampler(spec: TaskSpec, root: str | None):
         if not spec.normalised:
             low, high = normalised_pixel_range(spec.dataset, root)
             images = (images - low) / (high - low)
-        return images.flatten(1) if spec.family in ("mlp", "wide-mlp") else images
+        return images.flatten(1) if spec.family in MLP_FAMILIES else images
 
     def sample(generator: torch.Generator, split: str) -> tuple[Tensor, Tensor]:
         images, labels = images_at(spec.dataset, spec.image_size, root)[split]
@@ -359,7 +361,7 @@ def image_sampler(spec: TaskSpec, root: str | None):
 
 def build_task(spec: TaskSpec, data_root: str | None = None) -> ModuleTask:
     """The task instance ``spec`` describes; data are loaded (once per process) on first use."""
-    if spec.family in ("char-lm", "rnn-lm"):
+    if spec.family in TEXT_FAMILIES:
         sampler = text_sampler(spec.batch_size, spec.context)
         loss_fn = next_token_loss
 
