@@ -266,12 +266,18 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == QUADRATIC_RUN["meta_epochs"] + 1
 
 
-def test_resuming_with_another_config_is_refused(tmp_path):
+def test_resuming_with_another_config_is_refused_but_its_schedule_may_change(tmp_path):
     config = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "meta_epochs": 1, "imitation_epochs": 0})
     MetaTrainer(config, tmp_path).run(progress_bar=False)
-    other = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "meta_epochs": 2, "imitation_epochs": 0})
+    other = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "meta_lr": 0.01, "meta_epochs": 1, "imitation_epochs": 0})
     with pytest.raises(ValueError, match="another config"):
         MetaTrainer(other, tmp_path).run(resume=True, progress_bar=False)
+    schedule = {"meta_epochs": 3, "patience": 5, "max_epochs_per_horizon": 1, "description": "extended"}
+    extended = MetaTrainConfig.from_dict({**QUADRATIC_RUN, "imitation_epochs": 0, **schedule})
+    result = MetaTrainer(extended, tmp_path).run(resume=True, progress_bar=False)
+    assert [row["epoch"] for row in result.progress.history] == [1, 2, 3]  # the first epoch is not repeated
+    # With patience 5 no stall moves the curriculum: the second epoch at horizon 10 is its last.
+    assert [row["horizon"] for row in result.progress.history] == [10, 10, 20]
 
 
 def test_meta_train_cli_writes_loadable_weights(tmp_path):
@@ -325,6 +331,26 @@ def test_curriculum_stage_change_keeps_the_best_only_when_validation_is_comparab
     trainer._end_epoch(imitating=False, horizon=10)
     assert trainer.progress.horizon_index == 1
     assert trainer.progress.best_valid == kept
+
+
+@pytest.mark.parametrize(("max_epochs", "moves_after"), [(0, None), (1, 1), (3, 3)])
+def test_curriculum_moves_on_after_max_epochs_per_horizon_while_validation_improves(
+    tmp_path, monkeypatch, max_epochs, moves_after
+):
+    config = MetaTrainConfig.from_dict(
+        {**QUADRATIC_RUN, "imitation_epochs": 0, "patience": 2, "max_epochs_per_horizon": max_epochs}
+    )
+    trainer = MetaTrainer(config, tmp_path)
+    losses = iter([0.9, 0.8, 0.7, 0.6])
+    monkeypatch.setattr(trainer, "validate", lambda: next(losses))  # always improving: patience never runs out
+    moved_after = None
+    for epoch in range(1, 5):
+        trainer.progress.epoch_losses = [1.0]
+        trainer._end_epoch(imitating=False, horizon=config.horizons[trainer.progress.horizon_index])
+        if trainer.progress.horizon_index and moved_after is None:
+            moved_after = epoch
+    assert moved_after == moves_after
+    assert trainer.progress.best_valid == 0.6  # each improvement was kept
 
 
 def test_meta_tuning_a_symbolic_rule_starts_from_its_weights_and_writes_tuned_constants(tmp_path):

@@ -4,7 +4,9 @@ One meta-epoch runs ``trajectories_per_epoch`` task instances for the current ho
 T/K unrolls of K steps; after each unroll, φ takes one Adam step on the unroll's meta-loss
 (clipped gradient norm). After each epoch the network is validated on fixed task instances from
 the ``valid`` split; the best weights are kept. With several ``horizons`` (a curriculum), training
-moves to the next horizon when validation has not improved for ``patience`` epochs.
+moves to the next horizon when validation has not improved for ``patience`` epochs, or after
+``max_epochs_per_horizon`` epochs there. A resumed run may change only its schedule
+(``SCHEDULE_FIELDS``: how many epochs, when the curriculum moves), never what it has already done.
 
 Optionally, ``imitation_epochs`` first train the network to reproduce a teacher (SGD, momentum,
 Adam), ``rescale`` randomly rescales optimizee parameters (Lv et al. 2017), and
@@ -93,6 +95,7 @@ class MetaTrainConfig:
     validation_trajectories: int = 4
     validation_horizon: int = 0
     patience: int = 3
+    max_epochs_per_horizon: int = 0  # > 0: move to the next horizon after this many epochs, improving or not
     rescale: float = 0.0
     symmetry_weight: float = 0.0
     imitation_teacher: str = ""
@@ -119,7 +122,8 @@ class MetaTrainConfig:
         names = ("unroll", "trajectories_per_epoch", "validation_trajectories", "patience")
         for name in (*names, "pes_particles", "tasks_per_step"):
             check_positive(name, getattr(self, name))
-        for name in ("meta_epochs", "imitation_epochs", "validation_horizon", "rescale", "symmetry_weight"):
+        schedule = ("meta_epochs", "imitation_epochs", "validation_horizon", "max_epochs_per_horizon")
+        for name in (*schedule, "rescale", "symmetry_weight"):
             check_non_negative(name, getattr(self, name))
         check_positive("meta_lr", self.meta_lr)
         check_positive("grad_clip", self.grad_clip)
@@ -155,6 +159,15 @@ class MetaTrainConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> MetaTrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+
+
+# What may change when a run resumes: how long it goes on and when its curriculum moves, not what
+# it has done (its tasks, estimator, architecture and the steps already taken).
+SCHEDULE_FIELDS = ("meta_epochs", "patience", "max_epochs_per_horizon", "description")
+
+
+def _fixed_part(config: MetaTrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in SCHEDULE_FIELDS}
 
 
 @dataclass
@@ -630,16 +643,25 @@ class MetaTrainer:
             self._keep_as_best(valid)
         elif not imitating:
             progress.epochs_since_best += 1
-            if progress.epochs_since_best >= config.patience and progress.horizon_index + 1 < len(config.horizons):
-                progress.horizon_index += 1
-                progress.epochs_since_best = 0
-                if not config.validation_horizon:  # validation follows the horizon: a new loss scale
-                    progress.best_valid = math.inf
+        if not imitating and progress.horizon_index + 1 < len(config.horizons) and self._horizon_done(horizon):
+            progress.horizon_index += 1
+            progress.epochs_since_best = 0
+            if not config.validation_horizon:  # validation follows the horizon: a new loss scale
+                progress.best_valid = math.inf
         progress.seconds += time.perf_counter() - started
         progress.epoch += 1
         progress.trajectory = 0
         progress.epoch_losses = []
         self._record(record)
+
+    def _horizon_done(self, horizon: int) -> bool:
+        """Validation stalled for ``patience`` epochs, or (``max_epochs_per_horizon``) this horizon had its
+        epochs: a run whose validation keeps improving on short horizons still reaches the long ones."""
+        config = self.config
+        if self.progress.epochs_since_best >= config.patience:
+            return True
+        epochs_here = 1 + sum(r["phase"] == "meta" and r["horizon"] == horizon for r in self.progress.history)
+        return 0 < config.max_epochs_per_horizon <= epochs_here
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -671,8 +693,11 @@ class MetaTrainer:
             raise WeightsError(f"{path}: not a learned_optim meta-training checkpoint")
         # Compare with defaults filled in, so a checkpoint made before a field existed still matches.
         saved_config = MetaTrainConfig.from_dict(json.loads(metadata["config"]), str(path))
-        if saved_config != self.config:
-            raise ValueError(f"{path}: the checkpoint was made with another config; use a new run directory")
+        if _fixed_part(saved_config) != _fixed_part(self.config):
+            raise ValueError(
+                f"{path}: the checkpoint was made with another config; use a new run directory "
+                f"(only {', '.join(SCHEDULE_FIELDS)} may change when a run is resumed)"
+            )
         with torch.no_grad():
             for key, value in self.theta.items():
                 value.copy_(tensors[f"theta.{key}"])
