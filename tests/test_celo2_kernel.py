@@ -117,3 +117,44 @@ def test_forward_update_runs_the_kernel_outside_autograd_and_the_update_inside(s
         torch.testing.assert_close(got_state[key], value)
     inside, _ = celo2.forward_update(theta, grad, state, torch.tensor(3.0), config, param=param, options=options)
     assert torch.equal(inside, expected)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (37, 1029), (3, 3, 3, 3), (3000, 7)])
+@pytest.mark.parametrize("adamw", [False, True])
+def test_the_kernel_step_scale_is_the_torch_scale(shape, adamw):
+    from learned_optim.optimizers import celo2_step_scale
+
+    generator = torch.Generator().manual_seed(len(shape))
+    theta = celo2_step_scale.init_scale_theta(16, generator)
+    theta = {k: v + torch.randn(v.shape, generator=generator) for k, v in theta.items()}  # o ≠ 0
+    param, grad, fast, slow = (torch.randn(shape, generator=generator) * scale for scale in (0.1, 1e-3, 1e-3, 1e-4))
+    step = torch.tensor(17.0)
+    torch_scale = celo2_step_scale.step_scale(
+        {k: v.double() for k, v in theta.items()},
+        celo2_step_scale.statistics(param.double(), grad.double(), fast.double(), slow.double(), step, adamw),
+    )
+    kernel_scale = celo2_kernel.step_scale(theta, param, grad, fast, slow, step, adamw)
+    assert abs(torch_scale.item() - 1.0) > 0.05  # the network moves s: its inputs matter
+    assert kernel_scale == pytest.approx(torch_scale.item(), rel=1e-5)
+    other = celo2_kernel.step_scale(theta, param, grad, slow, fast, step, adamw)
+    assert other != pytest.approx(kernel_scale, rel=1e-3)  # momenta swapped: another scale
+
+
+def test_fused_celo2_with_a_step_scale_keeps_the_eager_trajectory():
+    torch.manual_seed(0)
+    config = lo.Celo2Config(step_scale_hidden=8)
+    theta = celo2.init_theta(config, torch.Generator().manual_seed(1))
+    theta["scale_w1"] = torch.randn(theta["scale_w1"].shape, generator=torch.Generator().manual_seed(2))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3))
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    finals = []
+    for fused in (False, True):
+        net = __import__("copy").deepcopy(model)
+        optimizer = lo.Celo2(net.parameters(), config=config, theta=theta, fused=fused)
+        for _ in range(10):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            optimizer.step()
+        finals.append(torch.cat([p.detach().reshape(-1) for p in net.parameters()]))
+    moved = (finals[0] - torch.cat([p.detach().reshape(-1) for p in model.parameters()])).abs().max()
+    assert (finals[1] - finals[0]).abs().max() <= 1e-4 * moved

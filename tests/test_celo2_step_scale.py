@@ -115,3 +115,28 @@ def test_weights_with_a_scale_network_save_and_load(tmp_path):
 def test_negative_hidden_size_is_refused():
     with pytest.raises(ValueError, match="step_scale_hidden"):
         Celo2Config(step_scale_hidden=-1)
+
+
+@pytest.mark.parametrize("adamw", [False, True])
+def test_the_scale_outside_autograd_is_the_differentiable_scale(adamw):
+    generator = torch.Generator().manual_seed(3)
+    theta = celo2_step_scale.init_scale_theta(16, generator)
+    theta = {k: v + torch.randn(v.shape, generator=generator) for k, v in theta.items()}
+    param, grad, fast, slow = (torch.randn(40, 30, generator=generator) * s for s in (0.1, 1e-3, 1e-3, 1e-4))
+    step = torch.tensor(250.0)
+    features = celo2_step_scale.statistics(param, grad, fast, slow, step, adamw)
+    differentiable = celo2_step_scale.step_scale(theta, features).item()
+    assert abs(differentiable - 1.0) > 0.05  # the network moves s: its inputs matter
+    lean = celo2_step_scale.step_scale_outside_autograd(theta, param, grad, fast, slow, step, adamw)
+    assert lean == pytest.approx(differentiable, rel=1e-5)
+    theta["scale_w1"] = theta["scale_w1"].requires_grad_()  # meta-training: the graph reaches φ
+    with torch.enable_grad():
+        direction, _ = celo2.update(
+            theta | {k: v for k, v in celo2.init_theta(SCALED).items() if not k.startswith("scale_")},
+            grad,
+            celo2.init_state(param, SCALED),
+            step,
+            SCALED,
+            param=param,
+        )
+    assert direction.requires_grad

@@ -548,12 +548,18 @@ def _scale(
     step: Tensor | float,
     *,
     adamw: bool,
-) -> Tensor:
-    """The learned per-tensor step scale s (``celo2_step_scale``) from the new first moments."""
+    native: bool = False,
+) -> Tensor | float:
+    """The learned per-tensor step scale s (``celo2_step_scale``) from the new first moments;
+    ``native``: in the CPU kernel's one call (eager, outside autograd, the kernel built)."""
     if adamw:
         fast = slow = new_state["exp_avg"]
     else:
         fast, slow = new_state["momentum"][0], new_state["momentum"][-1]
+    if native:
+        return celo2_kernel.step_scale(theta, param, grad, fast, slow, step, adamw)
+    if not (torch.is_grad_enabled() or torch.compiler.is_compiling() or _under_transform(grad)):
+        return celo2_step_scale.step_scale_outside_autograd(theta, param, grad, fast, slow, step, adamw)
     features = celo2_step_scale.statistics(param, grad, fast, slow, step, adamw)
     return celo2_step_scale.step_scale(theta, features).to(grad.dtype)
 
@@ -592,12 +598,13 @@ def update(
         finite = torch.isfinite(grad)
         grad = torch.where(finite, grad, 0.0)
     g = grad.clamp(-options["grad_clip_val"], options["grad_clip_val"])
+    native = learned is kernel_learned_step  # the scale runs in the kernel too (same conditions)
     if uses_adamw(param, options):
         direction, new_state = adamw_step(param, g, state, step, options)
         decay = options["adam_weight_decay"]
         decay = options["weight_decay"] if decay is None else decay
         if config.step_scale_hidden:
-            direction = direction * _scale(theta, param, g, new_state, step, adamw=True)
+            direction = direction * _scale(theta, param, g, new_state, step, adamw=True, native=native)
         direction = options["adam_lr_mult"] * (direction + decay * param)
     else:
         step_fn = learned or (compiled_learned_step if torch.compiler.is_compiling() else learned_step)
@@ -608,7 +615,7 @@ def update(
         if not getattr(step_fn, "zeroes_untouched", False):
             direction = torch.where((new_state["momentum"] == 0).all(dim=0), 0.0, direction)
         if config.step_scale_hidden:
-            direction = direction * _scale(theta, param, g, new_state, step, adamw=False)
+            direction = direction * _scale(theta, param, g, new_state, step, adamw=False, native=native)
         if options["weight_decay"] != 0:
             direction = direction + options["weight_decay"] * param
     if mask:

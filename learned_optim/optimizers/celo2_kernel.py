@@ -76,6 +76,17 @@ def applies(param: Tensor, config: Celo2Config) -> bool:
     )
 
 
+def step_scale(
+    theta: Mapping[str, Tensor], param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Tensor | float, adamw: bool
+) -> float:
+    """``celo2_step_scale``'s s for one tensor, outside autograd: its statistics in one pass (sums in
+    double), then the network, in one call (the torch ops cost far more in per-call overhead than in
+    arithmetic on the small tensors of most models). Float32 CPU operands; call once ``extension()`` is built."""
+    weights = [theta[key].contiguous() for key in ("scale_w0", "scale_b0", "scale_w1", "scale_b1")]
+    tensors = [x.contiguous() for x in (param, grad, fast, slow)]
+    return _BUILT["module"].step_scale(*tensors, float(step), adamw, *weights)
+
+
 def _axis_order(shape: torch.Size, factored: tuple[int, int]) -> list[int]:
     """The axes in the order the kernel walks them: as they are, unless the last axis is neither
     factored axis and the matrices hold several coordinates (a 3×3 convolution's weight, whose rows

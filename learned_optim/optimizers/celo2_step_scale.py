@@ -79,6 +79,29 @@ def statistics(param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Te
     )
 
 
+def step_scale_outside_autograd(
+    theta: Mapping[str, Tensor], param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Tensor | float, adamw: bool
+) -> float:
+    """``step_scale(theta, statistics(...))`` with the statistics' scalar math in Python floats: for
+    an eager step outside autograd, where each torch op on a scalar costs far more than its arithmetic."""
+    p, g, f, s = (x.reshape(-1) for x in (param, grad, fast, slow))
+    pp, gg, ff, ss, fg, sg = torch.stack((p @ p, g @ g, f @ f, s @ s, f @ g, s @ g)).double().tolist()
+    count, tiny = max(g.numel(), 1), 1e-30
+    log_g = 0.5 * math.log(gg / count + tiny)
+    features = [
+        0.5 * math.log(pp / count + tiny),
+        log_g,
+        0.5 * math.log(ff / count + tiny) - log_g,
+        0.5 * math.log(ss / count + tiny) - log_g,
+        fg / math.sqrt(ff * gg + tiny),
+        sg / math.sqrt(ss * gg + tiny),
+        math.log(max(float(step), 1.0)),
+        math.log(count),
+        1.0 if adamw else 0.0,
+    ]
+    return step_scale(theta, torch.tensor(features, dtype=theta["scale_w0"].dtype)).item()
+
+
 def step_scale(theta: Mapping[str, Tensor], features: Tensor) -> Tensor:
     """s = exp(L · tanh(o / L)) for the statistics ``features``: a 0-D tensor."""
     hidden = torch.relu((features * INPUT_SCALE) @ theta["scale_w0"] + theta["scale_b0"])
