@@ -77,7 +77,13 @@ def applies(param: Tensor, config: Celo2Config) -> bool:
 
 
 def step_scale(
-    theta: Mapping[str, Tensor], param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Tensor | float, adamw: bool
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    fast: Tensor,
+    slow: Tensor,
+    step: Tensor | float,
+    adamw: bool,
 ) -> float:
     """``celo2_step_scale``'s s for one tensor, outside autograd: its statistics in one pass (sums in
     double), then the network, in one call (the torch ops cost far more in per-call overhead than in

@@ -80,7 +80,13 @@ def statistics(param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Te
 
 
 def step_scale_outside_autograd(
-    theta: Mapping[str, Tensor], param: Tensor, grad: Tensor, fast: Tensor, slow: Tensor, step: Tensor | float, adamw: bool
+    theta: Mapping[str, Tensor],
+    param: Tensor,
+    grad: Tensor,
+    fast: Tensor,
+    slow: Tensor,
+    step: Tensor | float,
+    adamw: bool,
 ) -> float:
     """``step_scale(theta, statistics(...))`` with the statistics' scalar math in Python floats: for
     an eager step outside autograd, where each torch op on a scalar costs far more than its arithmetic."""
