@@ -17,6 +17,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, so one process per results file there
+    fcntl = None
+
 from learned_optim.factory import default_lr
 from learned_optim.hub import list_pretrained
 from learned_optim.provenance import environment
@@ -162,7 +167,16 @@ class Results:
         return cell if same_spec and cell.get("weights_sha256") == digest else None
 
     def write(self) -> None:
-        write_cells(self.path, self.data, self.cells)
+        """Write, first taking in the cells another process wrote since (under a lock), so that
+        processes running disjoint loops or tasks can fill one results file side by side."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                on_disk = json.loads(self.path.read_text()).get("cells", {})
+                self.cells.update({key: cell for key, cell in on_disk.items() if key not in self.cells})
+            write_cells(self.path, self.data, self.cells)
 
 
 def recorded_fields(cell: dict[str, Any], spec_type: type) -> dict[str, Any]:

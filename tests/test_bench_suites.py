@@ -307,3 +307,15 @@ def test_runs_cached_without_peak_memory_get_it_measured_afresh(tmp_path):
     adam_row = next(line for line in markdown.splitlines() if line.startswith("| adam |"))
     assert adam_row.endswith("| — |")  # the MNIST MLP is below PEAK_MEMORY_MIN_PARAMETERS
     assert peak_memory.fill(tmp_path, steps=2, device="cpu", threads=1, command="again", progress=False) == []
+
+
+def test_two_processes_filling_one_results_file_keep_each_others_cells(tmp_path):
+    first, second = suites.Results(tmp_path / "results.json"), suites.Results(tmp_path / "results.json")
+    first.cells["tune/a"] = {"lr": 1.0}
+    first.write()
+    second.cells["tune/b"] = {"lr": 2.0}
+    second.write()
+    first.cells["final/a"] = {"lr": 3.0}
+    first.write()
+    on_disk = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert on_disk == {"tune/a": {"lr": 1.0}, "tune/b": {"lr": 2.0}, "final/a": {"lr": 3.0}}
