@@ -748,3 +748,16 @@ def test_same_spec_per_step_draws_instances_of_one_spec_that_are_then_stacked(tm
     independent = MetaTrainer(MetaTrainConfig(**values), tmp_path / "b")
     tasks = independent.draw_step_tasks(torch.Generator().manual_seed(0))
     assert len({task.name for task in tasks}) > 1 and not independent.stacks(tasks)  # sequential
+
+
+def test_a_final_validation_score_is_the_loss_over_the_horizons_last_tenth(tmp_path):
+    """With 10 unrolls the "final" score is the last unroll's mean loss: the whole horizon's total
+    less the total of its first nine unrolls (the same instances, drawn from the same seed)."""
+    run = {**QUADRATIC_RUN, "imitation_epochs": 0, "validation_horizon": 50}
+    final = MetaTrainer(MetaTrainConfig.from_dict({**run, "validation_score": "final"}), tmp_path / "final")
+    mean = MetaTrainer(MetaTrainConfig.from_dict(run), tmp_path / "mean")
+    last_unroll = 10 * mean.validate(horizon=50) - 9 * mean.validate(horizon=45)
+    assert final.validate(horizon=50) == pytest.approx(last_unroll, rel=1e-9)
+    assert final.validate(horizon=50) != pytest.approx(mean.validate(horizon=50))
+    with pytest.raises(ValueError, match="validation_score"):
+        MetaTrainConfig.from_dict({**run, "validation_score": "last"})

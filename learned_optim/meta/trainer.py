@@ -74,6 +74,8 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 _CHECKPOINT_FORMAT = "learned_optim-checkpoint-1"
 ESTIMATORS = ("tbptt", "pes")
+VALIDATION_SCORES = ("mean", "final")
+FINAL_FRACTION = 0.1  # "final": the last tenth of the horizon, the benchmarks' training-loss window
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class MetaTrainConfig:
     second_order: bool = False
     validation_trajectories: int = 4
     validation_horizon: int = 0
+    validation_score: str = "mean"  # or "final": the loss over the horizon's last tenth, as users judge a run
     patience: int = 3
     max_epochs_per_horizon: int = 0  # > 0: move to the next horizon after this many epochs, improving or not
     rescale: float = 0.0
@@ -142,6 +145,8 @@ class MetaTrainConfig:
             raise ValueError("estimator 'pes' runs no backward pass: second_order and symmetry_weight need 'tbptt'")
         if self.symmetry_weight and self.task in TASK_DISTRIBUTIONS:
             raise ValueError("symmetry_weight needs one task: the symmetries are found in its network")
+        if self.validation_score not in VALIDATION_SCORES:
+            raise ValueError(f"Invalid validation_score: {self.validation_score!r}; choose from {VALIDATION_SCORES}")
         if self.weighting not in ("sum", "mean", "log_sum"):
             raise ValueError(f"Invalid weighting: {self.weighting!r}; choose from sum, mean, log_sum")
 
@@ -478,7 +483,8 @@ class MetaTrainer:
         """Mean training loss over fixed ``valid``-split task instances (lower is better).
 
         With a task distribution, each instance scores its mean training loss over the horizon
-        divided by its loss at initialisation, and the scores are averaged. Raw losses would let
+        (``validation_score`` "final": over the horizon's last tenth, in whole unrolls) divided by
+        its loss at initialisation, and the scores are averaged. Raw losses would let
         the instances with the largest loss scale (a byte-level model starts near ln 128 ≈ 4.9, a
         classifier near ln 10 ≈ 2.3) decide which weights are kept; the ratio is 1 for no
         progress, 0 for a solved task, whatever the task. (A log-ratio would do as well, but lets
@@ -488,6 +494,7 @@ class MetaTrainer:
         horizon = horizon or self.config.validation_horizon or self.config.horizons[self.progress.horizon_index]
         generator = torch.Generator().manual_seed(self.config.seed + 10_000)
         unrolls = horizon // self.config.unroll
+        kept = unrolls if self.config.validation_score == "mean" else max(1, math.ceil(unrolls * FINAL_FRACTION))
         total, scores = 0.0, []
         count = self.config.validation_trajectories
         for index in range(count):
@@ -501,14 +508,15 @@ class MetaTrainer:
             instance_generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
             if index % distributed.world_size() != distributed.rank():
                 continue
-            instance_total = 0.0
+            unroll_means = []
             for _ in range(unrolls):
                 losses, inner = self._validation_unroll(theta, task, inner, instance_generator)
-                instance_total += float(losses.mean())
+                unroll_means.append(float(losses.mean()))
+            instance_total = sum(unroll_means[-kept:])
             total += instance_total
-            scores.append(instance_total / unrolls / scale)
+            scores.append(instance_total / kept / scale)
         if self.distribution is None:
-            mean = distributed.sum_over_ranks(total) / (count * unrolls)
+            mean = distributed.sum_over_ranks(total) / (count * kept)
         else:
             mean = distributed.sum_over_ranks(sum(scores)) / count
         return mean if math.isfinite(mean) else math.inf
@@ -731,6 +739,8 @@ class MetaTrainer:
             label="meta-train (mean inner loss / imitation)",
         )
         validation = "loss / loss at init" if self.distribution is not None else "mean inner loss"
+        if self.config.validation_score == "final":
+            validation += ", last tenth"
         axis.plot(epochs, [row["valid_loss"] for row in history], label=f"meta-validation ({validation})")
         for previous, row in itertools.pairwise(history):
             if row["horizon"] != previous["horizon"]:
