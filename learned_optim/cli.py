@@ -314,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     distill = commands.add_parser("distill", help="distill a learned optimizer into a closed-form rule")
     distill.add_argument("teacher", help="weights name or directory, e.g. rnnprop-mnist")
-    distill.add_argument("--task", default="mnist-mlp", help="task the teacher is recorded on")
+    distill.add_argument(
+        "--task", default="mnist-mlp", help="task or task distribution (e.g. general-tasks) the teacher is recorded on"
+    )
     distill.add_argument("--inputs", default="m_tilde,g_tilde", help="comma-separated rule inputs (see lo.Symbolic)")
     distill.add_argument("--operators", help="comma-separated operators (default: add,sub,mul,square,tanh,sinh,abs)")
     distill.add_argument("--out", help="weights directory to write (default: <work-dir>/weights)")

@@ -102,3 +102,18 @@ def test_recording_broadcasts_the_step_input():
     dataset = distill.record(pretrained, "quadratic", trajectories=1, steps=3, progress_bar=False)
     torch.testing.assert_close(dataset.column("inv_step"), 1.0 / dataset.step.double())
     torch.testing.assert_close(dataset.target, 0.1 * dataset.column("inv_step"))
+
+
+def test_recording_on_a_distribution_draws_a_new_instance_per_trajectory():
+    # Adam as the teacher: its direction is exactly 0.001·m̃ on any instance, so the rows must hold
+    # that, and the trajectories must come from instances of different sizes (rows per step = 16
+    # coordinates per tensor, at most, of each instance's tensors).
+    teacher = lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule="adam")
+    pretrained = Pretrained("symbolic", teacher.config, teacher.theta)
+    dataset = distill.record(
+        pretrained, "small-tasks", trajectories=3, steps=2, beta1=0.9, beta2=0.999, seed=3, progress_bar=False
+    )
+    assert dataset.metadata["task"] == "small-tasks"
+    torch.testing.assert_close(dataset.target, 0.001 * dataset.column("m_tilde"), rtol=1e-5, atol=1e-9)
+    rows_per_step = [int(((dataset.trajectory == t) & (dataset.step == 1)).sum()) for t in range(3)]
+    assert len(set(rows_per_step)) > 1, rows_per_step

@@ -1,6 +1,7 @@
 """Symbolic distillation (Zheng et al. 2022): record a trained optimizer, fit closed-form rules, pick one.
 
-1. ``record``: run the teacher (its pure ``update``, as at runtime) on task instances and log, for
+1. ``record``: run the teacher (its pure ``update``, as at runtime) on task instances (of one task,
+   or each drawn from a task distribution, as the teacher was meta-trained) and log, for
    coordinates sampled from every parameter tensor at every step, all symbolic inputs
    (``learned_optim.optimizers.symbolic.INPUTS``, computed by the same code the ``Symbolic``
    optimizer runs) and the teacher's direction d_t. Saved as a versioned safetensors dataset.
@@ -31,7 +32,7 @@ from learned_optim.hub import Pretrained
 from learned_optim.meta import sympy_rules
 from learned_optim.meta.inner_step import optimizer_step
 from learned_optim.meta.regression import RegressionBackend, SearchSettings
-from learned_optim.meta.tasks import get_task
+from learned_optim.meta.tasks import TASK_DISTRIBUTIONS, get_task
 from learned_optim.meta.unroll import apply_direction, flat_gradient, start
 from learned_optim.optimizers import get_architecture
 from learned_optim.optimizers.symbolic import ACCUMULATORS, INPUTS, SymbolicConfig, advance
@@ -121,9 +122,14 @@ def record(
     data_root: str | None = None,
     progress_bar: bool = True,
 ) -> Dataset:
-    """Run ``teacher`` on ``trajectories`` fresh instances of the task for ``steps`` steps and record."""
+    """Run ``teacher`` on ``trajectories`` fresh instances of the task for ``steps`` steps and record.
+
+    ``task`` names one task or a task distribution; with a distribution every trajectory is a new
+    instance drawn from ``seed``, so the held-out trajectories are instances the fit never saw.
+    """
     architecture = get_architecture(teacher.architecture)
-    task_name, task = task, get_task(task, data_root)
+    task_name, distribution = task, TASK_DISTRIBUTIONS.get(task)
+    fixed_task = None if distribution else get_task(task, data_root)
     feature_config = SymbolicConfig(beta1=beta1, beta2=beta2, eps=eps)
     names = list(INPUTS)
     generator = torch.Generator().manual_seed(seed)
@@ -132,15 +138,16 @@ def record(
         total=trajectories * steps, desc=f"record {teacher.architecture} on {task_name}", disable=not progress_bar
     )
     for trajectory in range(trajectories):
-        inner = start(architecture, teacher.config, task, generator)
+        instance = fixed_task or distribution.draw(generator, data_root)
+        inner = start(architecture, teacher.config, instance, generator)
         params, opt_state = inner.params, inner.opt_state
-        sizes = [params[name].numel() for name in task.parameter_names]
+        sizes = [params[name].numel() for name in instance.parameter_names]
         offsets = np.cumsum([0, *sizes[:-1]]).tolist()
         accumulators = {name: torch.zeros(sum(sizes)) for name in ACCUMULATORS}
         for step in range(1, steps + 1):
-            params = {k: v.detach().requires_grad_(k in task.parameter_names) for k, v in params.items()}
-            loss = task.loss(params, task.sample(generator, "train"))
-            grad = flat_gradient(task, loss, params)
+            params = {k: v.detach().requires_grad_(k in instance.parameter_names) for k, v in params.items()}
+            loss = instance.loss(params, instance.sample(generator, "train"))
+            grad = flat_gradient(instance, loss, params)
             with torch.no_grad():
                 direction, opt_state = optimizer_step(
                     architecture,
@@ -149,7 +156,7 @@ def record(
                     grad,
                     opt_state,
                     torch.tensor(float(step)),
-                    names=task.parameter_names,
+                    names=instance.parameter_names,
                     params=params,
                 )
                 inputs, accumulators = advance(grad, accumulators, step, feature_config, tuple(names))
@@ -161,7 +168,7 @@ def record(
                 )
                 rows = {name: inputs[name].broadcast_to(grad.shape)[index] for name in names}
                 recorder.add(rows, direction[index], trajectory, step)
-                params = apply_direction(task, params, direction, 1.0)
+                params = apply_direction(instance, params, direction, 1.0)
             bar.update()
     bar.close()
     metadata = {
