@@ -80,6 +80,13 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
         "long, 2,000 steps, into --out/long)",
     )
     parser.add_argument(
+        "--schedules",
+        nargs="*",
+        choices=["constant", "cosine"],
+        help="real: run only these schedules' final runs (default both); with --tasks, how several processes "
+        "share one loop's long runs (its report shows what the last one ran: rerun without it to merge)",
+    )
+    parser.add_argument(
         "--update-cards",
         action="store_true",
         help="real: write each learned optimizer's rows into its local model card",
@@ -132,6 +139,7 @@ def _run_real(args: argparse.Namespace, out: Path, command: str) -> int:
             progress=not args.no_progress,
             command=command,
             length=length,
+            **({"schedules": tuple(args.schedules)} if args.schedules else {}),
         )
         paths = write_real_reports(results.data, length_out)
         results.write()

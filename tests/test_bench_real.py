@@ -198,3 +198,21 @@ def test_model_cards_get_every_loop_row_of_their_optimizer(tmp_path, monkeypatch
     assert f"`{(tmp_path / 'long' / 'results.md').as_posix()}`" in card
     with pytest.raises(ValueError, match="length 'medium'"):
         run_tiny(tmp_path / "x", length="medium")
+
+
+def test_schedules_option_runs_only_those_final_runs_and_a_later_run_merges_them(tmp_path, monkeypatch):
+    calls = []
+    original = real_suite.run_real_cell
+    monkeypatch.setattr(
+        real_suite, "run_real_cell", lambda spec, *a, **k: calls.append(spec) or original(spec, *a, **k)
+    )
+    argv = ["real", "--out", str(tmp_path), "--tasks", "mnist-logistic", "--steps", "4", "--seeds", "1"]
+    argv += ["--tuning-seeds", "1", "--optimizers", "hamiltonian-mnist", "--baselines", "adam", "--no-progress"]
+    argv += ["--length", "short"]
+    assert bench_main([*argv, "--schedules", "cosine"]) == 0
+    assert {spec.schedule for spec in calls if spec.evaluate_test} == {"cosine"}
+    calls.clear()
+    assert bench_main(argv) == 0  # both schedules: only the constant finals are new
+    assert calls and {spec.schedule for spec in calls} == {"constant"}
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert set(data["summary"]["loops"]["mnist-logistic"]) == {"constant", "cosine"}
