@@ -34,5 +34,10 @@ def adam_normalized(
     grad: Tensor, m: Tensor, v: Tensor, step: Tensor | float, beta1: float, beta2: float, eps: float
 ) -> tuple[Tensor, Tensor]:
     """``(m̃, g̃)`` from already-updated moments ``m``, ``v`` at 1-based ``step``."""
-    denom = (v / bias_correction(beta2, step)).sqrt() + eps
+    denom = rms_denominator(v, step, beta2, eps)
     return (m / bias_correction(beta1, step)) / denom, grad / denom
+
+
+def rms_denominator(v: Tensor, step: Tensor | float, beta2: float, eps: float) -> Tensor:
+    """``√v̂_t + ε`` from the already-updated second moment ``v`` at 1-based ``step``."""
+    return (v / bias_correction(beta2, step)).sqrt() + eps
