@@ -22,7 +22,9 @@ def test_normalized_gradients_make_every_step_independent_of_the_loss_scale(scal
     generator = torch.Generator().manual_seed(1)
     grads = [torch.randn(50, generator=generator) for _ in range(6)]
     normalized = lo.LSTMConfig(normalize_gradient=True)
-    for ours, scaled in zip(directions(normalized, grads), directions(normalized, [scale * g for g in grads])):
+    for ours, scaled in zip(
+        directions(normalized, grads), directions(normalized, [scale * g for g in grads]), strict=True
+    ):
         torch.testing.assert_close(scaled, ours, rtol=1e-3, atol=1e-7)
     # The paper's optimizer (the default) reads log|g|: a scaled loss moves it differently.
     default = lo.LSTMConfig()
