@@ -102,3 +102,18 @@ def test_roofline_bounds_each_step_by_its_slower_resource():
     assert adam["bound_seconds"] == adam["memory_seconds"] == 28 * 10 * 1024 * 1024 / 10e9  # streams
     assert celo2["bound_seconds"] == celo2["compute_seconds"] > 30 * 1024 * 10 * 1024 * 1024 / 100e9  # computes
     assert rows["Celo2 learned path (celo2-base)"]["bound_seconds"] < celo2["bound_seconds"]
+
+
+def test_adam_validation_scores_the_builtin_adam_rule_on_the_recipes_instances(tmp_path):
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+    from learned_optim.optimizers.symbolic import BUILTIN_RULES
+    from tools.adam_validation import adam_score
+
+    recipe = {"architecture": "hamiltonian", "task": "small-tasks", "horizons": [20], "unroll": 10}
+    recipe |= {"validation_trajectories": 1, "validation_horizon": 20, "validation_score": "final"}
+    builtin = MetaTrainConfig.from_dict(
+        recipe | {"architecture": "symbolic", "optimizer_config": BUILTIN_RULES["adam"]}
+    )
+    expected = MetaTrainer(builtin, tmp_path).validate()
+    assert adam_score(recipe, 1e-3) == pytest.approx(expected, rel=1e-6)
+    assert adam_score(recipe, 3e-2) != pytest.approx(expected, rel=1e-3)
