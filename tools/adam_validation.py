@@ -20,11 +20,12 @@ import torch
 
 from learned_optim.expression import const, op, var
 from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+from learned_optim.optimizers.symbolic import BUILTIN_RULES
 
 
 def adam_score(recipe: dict, lr: float, data_root: str | None = None) -> float:
     """``MetaTrainer.validate`` of Adam at ``lr`` on ``recipe``'s validation instances."""
-    rule = {"rule": op("mul", const(lr), var("m_tilde")), "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    rule = {**BUILTIN_RULES["adam"], "rule": op("mul", const(lr), var("m_tilde"))}  # its betas and eps
     changes = {"architecture": "symbolic", "optimizer_config": rule, "initial_weights": "", "imitation_epochs": 0}
     config = MetaTrainConfig.from_dict({**recipe, **changes, "inner_lr": 1.0})
     with tempfile.TemporaryDirectory() as run_dir:
