@@ -1,7 +1,7 @@
 """Adam's meta-validation score on a recipe's own validation instances: the yardstick for a run's
 ``valid_loss`` column (lower is better; 1 is no progress).
 
-    python -m tools.adam_validation configs/experiments/hamiltonian-general.json --lrs 1e-3 3e-3
+    python -m tools.adam_validation configs/hamiltonian-general.json --lrs 1e-3 3e-3
 
 Scores Adam (β 0.9, 0.999) at each rate exactly as ``MetaTrainer.validate`` scores the learned
 optimizer: the same instances, horizon and ``validation_score``. Adam runs as the ``Symbolic``
