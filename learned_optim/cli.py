@@ -220,7 +220,14 @@ def _distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=torch.get_num_threads(),
     )
-    result = distill.fit(dataset, inputs, get_backend(args.backend), settings, heldout_fraction=args.heldout)
+    result = distill.fit(
+        dataset,
+        inputs,
+        get_backend(args.backend),
+        settings,
+        heldout_fraction=args.heldout,
+        sign_symmetric=args.sign_symmetric,
+    )
     command = "learned-optim " + shlex.join(args.argv)  # the recipe: exactly what was run
     recipe = {
         "command": command,
@@ -229,6 +236,7 @@ def _distill(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "search": {"operators": list(operators), "max_length": args.max_length, "time_limit": args.time_limit},
         "heldout_fraction": args.heldout,
+        "sign_symmetric": args.sign_symmetric,
         "seed": args.seed,
         "threads": torch.get_num_threads(),
     }
@@ -325,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--steps", type=int, default=300, help="steps recorded per trajectory")
     distill.add_argument("--coordinates", type=int, default=16, help="coordinates sampled per tensor per step")
     distill.add_argument("--heldout", type=float, default=0.25, help="fraction of trajectories held out for R²")
+    distill.add_argument(
+        "--sign-symmetric",
+        action="store_true",
+        help="fit the teacher's odd part, d(-g) = -d(g), as SGD and Adam keep it: no rule with a constant drift",
+    )
     distill.add_argument("--beta1", type=float, help="input moments' decay (default: the teacher's, else 0.95)")
     distill.add_argument("--beta2", type=float, help="input moments' decay (default: the teacher's, else 0.95)")
     distill.add_argument("--backend", default="operon", help="symbolic-regression engine")

@@ -64,6 +64,33 @@ def test_sympy_round_trip_and_latex():
         sympy_rules.from_sympy(sympy.gamma(sympy.Symbol("g")))
 
 
+def test_sign_mirrored_negates_every_gradient_input_and_the_direction_but_not_the_step():
+    dataset = distill.record_synthetic(lambda g, state: (0.01 * g, state), coordinates=20, steps=4, trajectories=2)
+    mirrored = dataset.sign_mirrored()
+    rows = len(dataset.target)
+    assert len(mirrored.target) == 2 * rows and torch.equal(mirrored.target[rows:], -dataset.target)
+    for name in dataset.columns:
+        expected = dataset.column(name) if name == "inv_step" else -dataset.column(name)
+        assert torch.equal(mirrored.column(name)[rows:], expected), name
+    assert torch.equal(mirrored.heldout_mask(0.5)[rows:], dataset.heldout_mask(0.5))
+
+
+def _value_at_zero_gradient(rule: Rule) -> float:
+    inputs = {name: torch.zeros(1, dtype=torch.float64) for name in rule.inputs}
+    return float(rule.evaluate(inputs).reshape(-1)[0])
+
+
+def test_sign_symmetric_fit_leaves_out_the_teachers_constant_drift():
+    # A teacher that is not odd: it adds a drift of 0.002 to every coordinate's step.
+    dataset = distill.record_synthetic(lambda g, state: (0.01 * g + 0.002, state), coordinates=500, steps=10)
+    drifting = distill.fit(dataset, ["g"], OperonBackend(), FAST_SEARCH).chosen.rule
+    odd = distill.fit(dataset, ["g"], OperonBackend(), FAST_SEARCH, sign_symmetric=True).chosen.rule
+    assert _value_at_zero_gradient(drifting) == pytest.approx(0.002, rel=1e-3)
+    assert _value_at_zero_gradient(odd) == pytest.approx(0.0, abs=1e-6)
+    g = torch.linspace(-1.0, 1.0, 11, dtype=torch.float64)
+    torch.testing.assert_close(odd.evaluate({"g": g}), 0.01 * g, rtol=1e-3, atol=1e-6)
+
+
 def test_tidy_drops_negligible_constants_and_rounds():
     dataset = distill.record_synthetic(lambda g, state: (0.5 * g, state), coordinates=200, steps=5)
     heldout = dataset.heldout_mask(0.2)

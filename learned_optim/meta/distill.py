@@ -9,6 +9,12 @@
    chosen inputs; every candidate is scored by R² on held-out trajectories (never seen by the fit).
 3. ``select``: the smallest rule within ``tolerance`` of the best held-out R², simplified by sympy
    when that keeps its predictions.
+
+With ``sign_symmetric``, every row counts twice, as recorded and with its gradient and direction
+negated (``sign_mirrored``), in the search and in the scores: the rules fit the teacher's odd part,
+d(−g) = −d(g), the symmetry that SGD and Adam keep. A teacher whose direction is not exactly odd (a
+learned network's bias terms) would otherwise hand the rule a constant term, a drift of every
+trained coordinate by the same amount each step whatever its gradient.
 """
 
 from __future__ import annotations
@@ -53,6 +59,19 @@ class Dataset:
 
     def column(self, name: str) -> Tensor:
         return self.inputs[:, self.columns.index(name)]
+
+    def sign_mirrored(self) -> Dataset:
+        """The rows as recorded followed by the same rows with every gradient negated: the inputs that flip
+        with the gradient (``Input.odd``) and the direction change sign, the others (1/t) stay."""
+        signs = torch.tensor([-1.0 if INPUTS[name].odd else 1.0 for name in self.columns], dtype=self.inputs.dtype)
+        return Dataset(
+            self.columns,
+            torch.cat([self.inputs, self.inputs * signs]),
+            torch.cat([self.target, -self.target]),
+            self.trajectory.repeat(2),
+            self.step.repeat(2),
+            {**self.metadata, "sign_mirrored": True},
+        )
 
     def heldout_mask(self, fraction: float) -> Tensor:
         """Rows of the last ``fraction`` of trajectories: whole trajectories, so held-out rows are unseen."""
@@ -279,15 +298,21 @@ def fit(
     heldout_fraction: float = 0.2,
     max_rows: int = 20000,
     tolerance: float = 0.01,
+    sign_symmetric: bool = False,
 ) -> Distillation:
     """Fit rules of ``inputs`` to the teacher's directions and select one (see module docstring)."""
     unknown = sorted(set(inputs) - set(dataset.columns))
     if unknown:
         raise ValueError(f"inputs {unknown} are not recorded; the dataset has {dataset.columns}")
-    heldout = dataset.heldout_mask(heldout_fraction)
-    train_rows = torch.nonzero(~heldout).squeeze(1)
+    train_rows = torch.nonzero(~dataset.heldout_mask(heldout_fraction)).squeeze(1)
     generator = torch.Generator().manual_seed(settings.seed)
-    fit_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:max_rows]]
+    if sign_symmetric:  # each sampled row with its mirror: the intercept an odd rule needs is exactly 0
+        sampled = train_rows[torch.randperm(len(train_rows), generator=generator)[: max_rows // 2]]
+        fit_rows = torch.cat([sampled, sampled + len(dataset.target)])
+        dataset = dataset.sign_mirrored()
+    else:
+        fit_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:max_rows]]
+    heldout = dataset.heldout_mask(heldout_fraction)
     columns = [dataset.columns.index(name) for name in inputs]
     front = backend.fit(
         dataset.inputs[fit_rows][:, columns].numpy(), dataset.target[fit_rows].numpy(), list(inputs), settings

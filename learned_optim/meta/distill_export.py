@@ -78,14 +78,21 @@ $$d_t = {sympy_rules.to_latex(chosen.rule)}$$
 | size | train R² | held-out R² | rule |
 |---:|---:|---:|---|
 {rows}"""
+    symmetric = (
+        ", fitting and scoring on every row and its sign mirror (gradient and direction negated), so that"
+        " the rules are odd: R² is against the teacher's odd part"
+        if recipe.get("sign_symmetric")
+        else ""
+    )
     recipe_text = f"""```bash
 {recipe["command"]}
 ```
 
 Recorded {data["trajectories"]} trajectories × {data["steps"]} steps of `{data["task"]}`,
 {data["coordinates_per_tensor"]} coordinates per tensor per step; held-out fraction {recipe["heldout_fraction"]};
-backend `{recipe["backend"]}` for {recipe["search"]["time_limit"]} s; seed {recipe["seed"]}; commit {recipe["commit"]},
-torch {recipe["torch"]}, {recipe["machine"]}. Every setting is in `config.json` under `recipe`."""
+backend `{recipe["backend"]}` for {recipe["search"]["time_limit"]} s{symmetric}; seed {recipe["seed"]};
+commit {recipe["commit"]}, torch {recipe["torch"]}, {recipe["machine"]}. Every setting is in `config.json`
+under `recipe`."""
     sections = [("Fidelity", fidelity), (EVALUATION, NOT_EVALUATED.format(name=name)), ("Recipe", recipe_text)]
     return model_card(name, summary, sections, tags=("symbolic-regression",))
 

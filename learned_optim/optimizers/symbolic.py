@@ -58,6 +58,7 @@ class Input:
     accumulators: tuple[str, ...]
     compute: Callable[[Tensor, SymbolicState, SymbolicState, Tensor | float, Any], Tensor]
     latex: str
+    odd: bool = True  # flips sign when every gradient does (all but the step count)
 
 
 def _bias_corrected(name: str, decay: float) -> Callable[..., Tensor]:
@@ -102,7 +103,7 @@ INPUTS: dict[str, Input] = {
     "g_lag1": Input(("grad_lag1",), lambda g, new, old, step, config: old["grad_lag1"], "g_{t-1}"),
     "g_lag2": Input(("grad_lag1", "grad_lag2"), lambda g, new, old, step, config: old["grad_lag2"], "g_{t-2}"),
     # A 0-dim tensor, broadcast by the rule's operators: no per-coordinate memory or traffic.
-    "inv_step": Input((), lambda g, new, old, step, config: g.new_ones(()) / step, "t^{-1}"),
+    "inv_step": Input((), lambda g, new, old, step, config: g.new_ones(()) / step, "t^{-1}", odd=False),
 }
 
 ADAM_RULE = op("mul", const(0.001), var("m_tilde"))
