@@ -182,10 +182,10 @@ def _distill(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = hub.from_pretrained(args.teacher)
-    betas = {
-        b: getattr(teacher.config, b, 0.95) if getattr(args, b) is None else getattr(args, b)
-        for b in ("beta1", "beta2")
-    }
+    # The teacher's own decays where it has them (Hamiltonian's single ``beta`` is its g² average's).
+    teacher_betas = {"beta1": getattr(teacher.config, "beta1", 0.95)}
+    teacher_betas["beta2"] = getattr(teacher.config, "beta2", getattr(teacher.config, "beta", 0.95))
+    betas = {b: teacher_betas[b] if getattr(args, b) is None else getattr(args, b) for b in ("beta1", "beta2")}
     spec = {
         "task": args.task,
         "trajectories": args.trajectories,

@@ -123,6 +123,19 @@ def test_distill_cli_writes_symbolic_weights(tmp_path, capsys):
     assert main(typo) == 1 and "unknown rule inputs ['inv_stpe']" in capsys.readouterr().err
 
 
+def test_distill_cli_takes_the_input_decays_from_a_hamiltonian_teacher(tmp_path):
+    # Hamiltonian's one decay, ``beta``, averages g²: the rule's v̂ must use it unless told otherwise.
+    teacher = lo.Hamiltonian([torch.nn.Parameter(torch.zeros(1))], hidden_size=0, beta=0.97)
+    teacher.save_pretrained(tmp_path / "teacher")
+    out = tmp_path / "distilled"
+    argv = ["distill", str(tmp_path / "teacher"), "--task", "quadratic", "--inputs", "m_tilde"]
+    argv += ["--trajectories", "2", "--steps", "5", "--time-limit", "2", "--out", str(out)]
+    argv += ["--work-dir", str(tmp_path / "work"), "--no-progress", "--beta1", "0.9"]
+    assert main(argv) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["beta1"], config["beta2"]) == (0.9, 0.97)
+
+
 def test_recording_broadcasts_the_step_input():
     teacher = lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule=op("mul", const(0.1), var("inv_step")))
     pretrained = Pretrained("symbolic", teacher.config, teacher.theta)
