@@ -81,6 +81,39 @@ def targets_table(summary: dict[str, Any], data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def relative_table(summary: dict[str, Any], data: dict[str, Any], schedule: str = "constant") -> str:
+    """Training loss per loop relative to the best tuned baseline's (the lowest of the tuned rows):
+    one row per learned optimizer and one for Adam at 1e-3, the form the README quotes."""
+    loops = list(summary["loops"])
+    best: dict[str, tuple[str, float]] = {}
+    for loop in loops:
+        tuned = {
+            name.removesuffix(TUNED): figures["train_loss"]["mean"]
+            for name, figures in summary["loops"][loop].get(schedule, {}).items()
+            if name.endswith(TUNED) and not figures["diverged"]
+        }
+        best[loop] = min(tuned.items(), key=lambda item: item[1]) if tuned else ("none", math.nan)
+    names = [n for n in summary["targets"]] + [AS_WRITTEN]
+    lines = [
+        "| loop | " + " | ".join(loops) + " |",
+        "|---|" + "---:|" * len(loops),
+        "| best tuned baseline | " + " | ".join(f"{name} {value:.3g}" for name, value in best.values()) + " |",
+    ]
+    for name in names:
+        cells = []
+        for loop in loops:
+            figures = summary["loops"][loop].get(schedule, {}).get(name)
+            if figures is None:
+                cells.append("—")
+            elif figures["diverged"]:
+                cells.append("diverged")
+            else:
+                cells.append(f"{100 * (figures['train_loss']['mean'] / best[loop][1] - 1):+.0f}%")
+        label = "Adam at 1e-3" if name == AS_WRITTEN else f"`{display_name(name, data)}`"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
     parts = [
         *header(data),
@@ -90,6 +123,13 @@ def markdown(data: dict[str, Any], summary: dict[str, Any]) -> str:
         "came within 5% of the best tuned baseline on, and had an optimizer.step() at most 3× Adam (foreach) on.",
         "",
         targets_table(summary, data),
+        "",
+        "## Against the best tuned baseline",
+        "",
+        "Training loss at a constant rate relative to the best tuned baseline's in the same loop (mean over seeds; "
+        "lower is better).",
+        "",
+        relative_table(summary, data),
         "",
         "## Per loop",
         "",

@@ -216,3 +216,27 @@ def test_schedules_option_runs_only_those_final_runs_and_a_later_run_merges_them
     assert calls and {spec.schedule for spec in calls} == {"constant"}
     data = json.loads((tmp_path / "results.json").read_text())
     assert set(data["summary"]["loops"]["mnist-logistic"]) == {"constant", "cosine"}
+
+
+def _loss(mean: float, diverged: bool = False) -> dict:
+    return {"train_loss": {"mean": mean, "std": 0.0}, "diverged": diverged}
+
+
+def test_relative_table_compares_each_row_with_the_lowest_tuned_baseline():
+    from benchmarks.real_report import relative_table
+
+    constant = {
+        "a": {
+            "adam (tuned)": _loss(0.2),
+            "sgd-momentum (tuned)": _loss(0.1),
+            "adam@1e-3": _loss(0.3),
+            "l": _loss(0.09),
+        },
+        "b": {"adam (tuned)": _loss(2.0), "sgd-momentum (tuned)": _loss(1.0, True), "adam@1e-3": _loss(4.0)},
+    }
+    constant["b"]["l"] = _loss(math.inf, True)
+    summary = {"loops": {loop: {"constant": rows} for loop, rows in constant.items()}, "targets": {"l": {}}}
+    lines = relative_table(summary, {}).splitlines()
+    assert lines[2] == "| best tuned baseline | sgd-momentum 0.1 | adam 2 |"  # a diverged baseline is no baseline
+    assert lines[3] == "| `l` | -10% | diverged |"
+    assert lines[4] == "| Adam at 1e-3 | +200% | +100% |"
