@@ -109,7 +109,7 @@ def relative_table(summary: dict[str, Any], data: dict[str, Any], schedule: str 
                 cells.append("diverged")
             else:
                 cells.append(f"{100 * (figures['train_loss']['mean'] / best[loop][1] - 1):+.0f}%")
-        label = "Adam at 1e-3" if name == AS_WRITTEN else f"`{display_name(name, data)}`"
+        label = "Adam at 1e-3" if name == AS_WRITTEN else display_name(f"`{name}`", data, name)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -98,9 +98,10 @@ def best_baseline(rows: dict[str, Any], baselines: list[str], step: str) -> str 
     return min(finished, key=lambda name: rows[name][step]["train_loss"]["mean"], default=None)
 
 
-def display_name(name: str, data: dict[str, Any]) -> str:
-    """The optimizer's name, marked when its weights are a study object (not for training models)."""
-    study = data.get("recommendations", {}).get(name) == "study object"
+def display_name(name: str, data: dict[str, Any], weights: str | None = None) -> str:
+    """The optimizer's name (as written, e.g. in backticks), marked when its weights (default: ``name``)
+    are a study object (not for training models)."""
+    study = data.get("recommendations", {}).get(weights or name) == "study object"
     return f"{name} (study object)" if study else name
 
 
