@@ -63,7 +63,9 @@ def test_suite_runs_writes_reports_and_resumes_without_rerunning(tmp_path, monke
     assert data["summary"]["targets"]["hamiltonian-mnist"]["constant"]["loops"] == len(CHEAP_LOOPS)
     markdown = (tmp_path / "results.md").read_text()
     assert (
-        "## Targets" in markdown and "### mnist-logistic" in markdown and "| constant | hamiltonian-mnist |" in markdown
+        "## Targets" in markdown
+        and "### mnist-logistic" in markdown
+        and "| constant | hamiltonian-mnist (study object) |" in markdown
     )
     assert paths[1].name == "real.png" and paths[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -89,7 +89,7 @@ def test_suite_writes_schema_tables_and_plot_then_resumes_without_recomputing(tm
     assert summary["hamiltonian-mnist"]["6"]["best_baseline"] == best
     assert summary["hamiltonian-mnist"]["6"]["vs_best_baseline"] in {"better", "worse", "tie"}
     assert "best_baseline" not in summary["adam"]["6"]  # baselines are not judged
-    assert data["recommendations"] == {"hamiltonian-mnist": "not recommended"}
+    assert data["recommendations"] == {"hamiltonian-mnist": "study object"}
     assert summary["sgd"]["6"]["lr"] in (0.3, 0.1)
     markdown = (tmp_path / "results.md").read_text()
     assert "| hamiltonian-mnist |" in markdown and "train loss t=6" in markdown
@@ -204,7 +204,9 @@ def test_quick_runs_its_loops_and_ends_with_one_line_per_learned_optimizer(tmp_p
     assert data["suite"] == "quick" and [p["loop"] for p in data["loops"]] == list(LOOPS)
     assert {c["schedule"] for c in data["cells"].values()} == {"constant"}  # no cosine runs in quick
     last_lines = printed.rstrip().splitlines()[-2:]
-    for name, line in zip(("hamiltonian-mnist", "celo2-published (study object)"), last_lines, strict=True):
+    for name, line in zip(
+        ("hamiltonian-mnist (study object)", "celo2-published (study object)"), last_lines, strict=True
+    ):
         assert line.strip().startswith(f"{name}: ") and "beats Adam at 1e-3 on" in line
         named = [loop for loop in LOOPS if loop in line]
         assert named == list(LOOPS), line  # each loop gets its verdict

@@ -63,7 +63,7 @@ def test_list_puts_recommended_weights_first_and_marks_study_objects():
     header, rows = table(run_cli("list").stdout)
     column = header.index("RECOMMENDATION")
     use = {row.split()[0]: row[column:].split("  ")[0] for row in rows}
-    assert use["celo2-small-tasks"] == "recommended" and use["rnnprop-mnist"] == "not recommended"
+    assert use["celo2-small-tasks"] == "recommended" and use["rnnprop-mnist"] == "study object"
     assert use["hamiltonian-quadratic"] == "study object"
     assert use[rows[0].split()[0]] == "recommended"
 

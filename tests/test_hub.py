@@ -74,11 +74,13 @@ def test_shipped_weights_say_whether_to_use_them():
     shipped = {entry["name"]: entry["recommendation"] for entry in lo.list_pretrained()}
     assert set(shipped.values()) <= set(RECOMMENDATIONS)
     study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned", "celo2-published"}
+    # The specialists trained on one MLP lose in ordinary loops: kept for study, not for training models.
+    study_objects |= {"rnnprop-mnist", "symbolic-rnnprop-mnist", "hamiltonian-mnist"}
     assert {name for name, use in shipped.items() if use == "study object"} == study_objects
     assert {"celo2-small-tasks"} <= {name for name, use in shipped.items() if use == "recommended"}
     not_recommended = {name for name, use in shipped.items() if use == "not recommended"}
-    # Weights that meet no generalist target are not called recommended (issue: the families as generalists).
-    assert {"rnnprop-mnist", "symbolic-rnnprop-mnist", "hamiltonian-mnist"} <= not_recommended
+    # Generalists that miss the family targets (beat Adam at 1e-3 everywhere...) are not called recommended.
+    assert {"hamiltonian-general", "symbolic-hamiltonian-general"} <= not_recommended
 
 
 def test_save_pretrained_records_a_known_recommendation_only(tmp_path):
