@@ -1,7 +1,7 @@
 """Train a small MLP on MNIST; swap Adam for a learned optimizer by changing one line.
 
 python examples/quickstart_mnist.py --optimizer rnnprop --steps 300
-python examples/quickstart_mnist.py --weights hamiltonian-mnist   # pretrained weights
+python examples/quickstart_mnist.py --weights hamiltonian-general   # pretrained weights
 """
 
 import argparse
