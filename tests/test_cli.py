@@ -216,6 +216,7 @@ def test_an_unfinished_run_exports_its_best_weights_and_says_so(tmp_path):
     trainer.run_dir.mkdir()
     trainer.meta_trajectory(10)
     trainer.progress.trajectory = 1
+    trainer.progress.processes, trainer.progress.threads_per_process = 2, 1  # as under torchrun, --threads 1
     trainer.save_checkpoint()
     assert trainer.inner_steps() == (10, 10)
 
@@ -228,5 +229,8 @@ def test_an_unfinished_run_exports_its_best_weights_and_says_so(tmp_path):
     assert "Budget: 10 inner" in card
     saved = json.loads((out / "config.json").read_text())
     assert saved["recipe"]["inner_steps"] == 10 and saved["recipe"]["finished"] is False
+    # The run's processes and threads, not the exporting process's (which has torch's default).
+    assert (saved["recipe"]["processes"], saved["recipe"]["threads"]) == (2, 1)
+    assert "on 2 process(es) of 1 CPU thread(s)" in " ".join(card.split())
     missing = run_cli("meta-train", str(config_path), "--run-dir", str(tmp_path / "none"), "--export-only", check=False)
     assert missing.returncode != 0 and "no checkpoint" in missing.stderr

@@ -24,7 +24,9 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "command": command,
         "config": dataclasses.asdict(trainer.config),
         "seed": trainer.config.seed,
-        "threads": torch.get_num_threads(),
+        # How the run ran, not how this (export) process runs; older checkpoints did not say.
+        "processes": result.progress.processes or 1,
+        "threads": result.progress.threads_per_process or torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": machine(),
         "commit": result.progress.started_at_commit or git_commit(),
@@ -64,9 +66,10 @@ def training_card(
 ```
 
 Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed {config.seed}; trained for
-{recipe["meta_training_minutes"]} minutes (validation excluded) on {recipe["threads"]} CPU thread(s) per process
-({recipe["machine"]}), torch {recipe["torch"]}, commit {recipe["commit"]}. Budget: {recipe["inner_steps"]:,} inner
-steps along the optimizees' trajectories, {recipe["inner_steps_computed"]:,} computed (PES runs
+{recipe["meta_training_minutes"]} minutes (validation excluded) on {recipe.get("processes", 1)} process(es) of
+{recipe["threads"]} CPU thread(s) ({recipe["machine"]}), torch {recipe["torch"]}, commit {recipe["commit"]}.
+Budget: {recipe["inner_steps"]:,} inner steps along the optimizees' trajectories,
+{recipe["inner_steps_computed"]:,} computed (PES runs
 {2 * config.pes_particles if config.estimator == "pes" else 1} perturbed copies of each). {_status(recipe, config)}
 The full config is in `config.json` under `recipe`.
 

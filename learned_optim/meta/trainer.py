@@ -189,6 +189,8 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     started_at_commit: str = ""
+    processes: int = 0  # how the run ran (its last start), for its recipe: an export may run elsewhere
+    threads_per_process: int = 0
 
 
 @dataclass
@@ -554,6 +556,7 @@ class MetaTrainer:
             progress.started_at_commit = git_commit()
             if config.initial_weights and not config.imitation_epochs:
                 self._validate_initial_weights()
+        progress.processes, progress.threads_per_process = distributed.world_size(), torch.get_num_threads()
         total_epochs = config.imitation_epochs + config.meta_epochs
         bar = tqdm(
             total=total_epochs * config.trajectories_per_epoch,
