@@ -306,12 +306,11 @@ def fit(
         raise ValueError(f"inputs {unknown} are not recorded; the dataset has {dataset.columns}")
     train_rows = torch.nonzero(~dataset.heldout_mask(heldout_fraction)).squeeze(1)
     generator = torch.Generator().manual_seed(settings.seed)
+    sampled = max_rows // 2 if sign_symmetric else max_rows
+    fit_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:sampled]]
     if sign_symmetric:  # each sampled row with its mirror: the intercept an odd rule needs is exactly 0
-        sampled = train_rows[torch.randperm(len(train_rows), generator=generator)[: max_rows // 2]]
-        fit_rows = torch.cat([sampled, sampled + len(dataset.target)])
+        fit_rows = torch.cat([fit_rows, fit_rows + len(dataset.target)])
         dataset = dataset.sign_mirrored()
-    else:
-        fit_rows = train_rows[torch.randperm(len(train_rows), generator=generator)[:max_rows]]
     heldout = dataset.heldout_mask(heldout_fraction)
     columns = [dataset.columns.index(name) for name in inputs]
     front = backend.fit(
