@@ -92,7 +92,7 @@ def test_suite_writes_schema_tables_and_plot_then_resumes_without_recomputing(tm
     assert data["recommendations"] == {"hamiltonian-mnist": "study object"}
     assert summary["sgd"]["6"]["lr"] in (0.3, 0.1)
     markdown = (tmp_path / "results.md").read_text()
-    assert "| hamiltonian-mnist |" in markdown and "train loss t=6" in markdown
+    assert "| hamiltonian-mnist (study object) |" in markdown and "train loss t=6" in markdown
     assert "## Learned optimizers against the best tuned baseline" in markdown and f"vs {best} " in markdown
     assert written[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -190,7 +190,7 @@ def test_command_line_runs_a_suite_and_prints_its_table(tmp_path, capsys):
     argv = ["mnist", "--out", str(tmp_path), "--steps", "4", "--report", "4", "--seeds", "1", "--tuning-seeds", "1"]
     assert bench_main([*argv, "--baselines", "adam", "--optimizers", "rnnprop-mnist", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "| rnnprop-mnist | 1 |" in printed and "| adam |" in printed
+    assert "| rnnprop-mnist (study object) | 1 |" in printed and "| adam |" in printed
     assert json.loads((tmp_path / "results.json").read_text())["command"].startswith("learned-optim bench mnist")
 
 
