@@ -232,5 +232,10 @@ def test_an_unfinished_run_exports_its_best_weights_and_says_so(tmp_path):
     # The run's processes and threads, not the exporting process's (which has torch's default).
     assert (saved["recipe"]["processes"], saved["recipe"]["threads"]) == (2, 1)
     assert "on 2 process(es) of 1 CPU thread(s)" in " ".join(card.split())
+    assert "recommendation" not in saved
+    # Re-exporting the run as it goes on keeps the verdict its weights were given.
+    (out / "config.json").write_text(json.dumps(saved | {"recommendation": "not recommended"}))
+    run_cli("meta-train", str(config_path), "--run-dir", str(tmp_path / "run"), "--export-only", "--out", str(out))
+    assert json.loads((out / "config.json").read_text())["recommendation"] == "not recommended"
     missing = run_cli("meta-train", str(config_path), "--run-dir", str(tmp_path / "none"), "--export-only", check=False)
     assert missing.returncode != 0 and "no checkpoint" in missing.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,13 @@ The full config is in `config.json` under `recipe`.
     )
 
 
+def _recommendation_in(out: Path) -> str:
+    """The recommendation of weights already exported to ``out``: re-exporting a run that goes on
+    must not drop the verdict its evaluation gave (the next evaluation revises it)."""
+    config = out / "config.json"
+    return str(json.loads(config.read_text()).get("recommendation", "")) if config.exists() else ""
+
+
 def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Path, command: str) -> Path:
     """Write the best weights of ``result`` to ``out`` (config.json, model.safetensors, card, plot)."""
     out = Path(out)
@@ -112,6 +120,7 @@ def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Pat
         description=trainer.config.description,
         metrics=metrics,
         recipe=recipe,
+        recommendation=_recommendation_in(out),
         model_card=training_card(out.name, trainer, result, recipe, optimizer.export_config()),
     )
     plot = trainer.run_dir / "training.png"
