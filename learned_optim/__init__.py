@@ -1,7 +1,7 @@
 """learned_optim: pretrained learned optimizers for PyTorch.
 
 import learned_optim as lo
-opt = lo.load("rnnprop-mnist", model.parameters())   # was: torch.optim.Adam(model.parameters())
+opt = lo.load("celo2-small-tasks", model.parameters())   # was: torch.optim.Adam(model.parameters())
 """
 
 from learned_optim import optimizers

@@ -8,10 +8,11 @@ from learned_optim.optimizers.celo2 import Celo2, Celo2Config
 from learned_optim.optimizers.hamiltonian import Hamiltonian, HamiltonianConfig
 from learned_optim.optimizers.lstm import LSTMConfig, LSTMOptimizer
 from learned_optim.optimizers.rnnprop import RNNprop, RNNpropConfig
+from learned_optim.optimizers.scaled_rnnprop import ScaledRNNprop, ScaledRNNpropConfig
 from learned_optim.optimizers.symbolic import BUILTIN_RULES, Symbolic, SymbolicConfig
 
 ARCHITECTURES: dict[str, type[LearnedOptimizer]] = {
-    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, Hamiltonian, Symbolic, Celo2)
+    cls.architecture: cls for cls in (LSTMOptimizer, RNNprop, ScaledRNNprop, Hamiltonian, Symbolic, Celo2)
 }
 
 
@@ -37,6 +38,8 @@ __all__ = [
     "LSTMOptimizer",
     "RNNprop",
     "RNNpropConfig",
+    "ScaledRNNprop",
+    "ScaledRNNpropConfig",
     "Symbolic",
     "SymbolicConfig",
     "get_architecture",

@@ -1,5 +1,7 @@
 r"""Celo2's learned per-tensor step scale: how far each tensor moves, learned from tensor statistics.
 
+``ScaledRNNprop`` (``scaled_rnnprop.py``) multiplies RNNprop's direction by the same scale.
+
 Celo2 normalises every matrix's step to root mean square 1, so each moves by ``lr`` in RMS per
 step whatever the task needs. With ``Celo2Config(step_scale_hidden=H)`` (H > 0) a second, tiny
 network reads nine statistics of the whole tensor and multiplies its direction D by a scale s::
