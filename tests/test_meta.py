@@ -46,10 +46,14 @@ def test_meta_gradient_reaches_every_weight_and_second_order_differs(optimizer_c
     task = meta_task_for(optimizer_class)
     config = optimizer_class.Config()
     gradients = {}
-    # Celo2's ReLU network has no gradient at all-zero weights: start it from drawn ones.
-    generator = torch.Generator().manual_seed(3) if optimizer_class is lo.Celo2 else None
+    # Celo2's and the step scale's ReLU networks have no gradient at all-zero weights: start from drawn ones.
+    generator = torch.Generator().manual_seed(3) if optimizer_class in (lo.Celo2, lo.ScaledRNNprop) else None
     for second_order in (False, True):
         initial = optimizer_class.init_theta(config, generator and torch.Generator().manual_seed(3))
+        if "scale_w1" in initial:  # a fresh step scale's zero output layer passes no gradient to its first
+            initial["scale_w1"] = 0.1 * torch.randn(
+                initial["scale_w1"].shape, generator=torch.Generator().manual_seed(4)
+            )
         theta = {k: v.requires_grad_() for k, v in initial.items()}
         inner = start(optimizer_class, config, task, torch.Generator().manual_seed(1))
         losses, _ = unroll(optimizer_class, theta, config, task, inner, torch.Generator(), 5, second_order=second_order)

@@ -105,7 +105,9 @@ def test_the_update_runs_under_vmap_as_one_instance_at_a_time():
 
         batched, _ = vmap(one)(thetas, grads, state, params)
         for i in range(copies):
-            direction, _ = one({k: v[i] for k, v in thetas.items()}, grads[i], {k: v[i] for k, v in state.items()}, params[i])
+            direction, _ = one(
+                {k: v[i] for k, v in thetas.items()}, grads[i], {k: v[i] for k, v in state.items()}, params[i]
+            )
             torch.testing.assert_close(batched[i], direction, rtol=1e-4, atol=1e-6)
 
 

@@ -53,7 +53,9 @@ def init_theta(config: ScaledRNNpropConfig, generator: torch.Generator | None = 
     return theta
 
 
-def init_state(param: Tensor, config: ScaledRNNpropConfig, options: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+def init_state(
+    param: Tensor, config: ScaledRNNpropConfig, options: Mapping[str, Any] | None = None
+) -> dict[str, Tensor]:
     """RNNprop's state for ``param`` (moments and LSTM states)."""
     return rnnprop.init_state(param, config)
 
@@ -70,17 +72,27 @@ def update(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Pure per-tensor update at 1-based ``step``: ``D = s · d + weight_decay · param`` and the new state."""
     dtype = theta["output.weight"].dtype
-    grad = grad.to(dtype)
+    numel = grad.numel()
+    # RNNprop's own (*features, numel) layout, as the coordinatewise engine runs it.
+    flat_grad = grad.reshape(numel).to(dtype)
+    flat_state = {key: value.reshape(*value.shape[: value.dim() - grad.dim()], numel) for key, value in state.items()}
     # A non-finite gradient coordinate neither moves nor enters the state or the statistics, as in
     # every coordinatewise architecture's step (base.LearnedOptimizer._update_parameter).
-    finite = torch.isfinite(grad)
-    grad = torch.where(finite, grad, 0.0)
-    direction, new_state = rnnprop.update(dict(theta), grad, dict(state), step, config)
-    new_state = {key: torch.where(finite, value, state[key]) for key, value in new_state.items()}
+    finite = torch.isfinite(flat_grad)
+    flat_grad = torch.where(finite, flat_grad, 0.0)
+    direction, new_flat = rnnprop.update(dict(theta), flat_grad, flat_state, step, config)
+    if torch.compiler.is_compiling():
+        # Compiled into one kernel with the LSTM, this mask gives wrong LSTM states (Inductor,
+        # torch 2.14, a compiled training step; tests/test_compile.py): compile it apart.
+        torch._dynamo.graph_break()
+    new_state = {
+        key: torch.where(finite, value, flat_state[key]).reshape(state[key].shape) for key, value in new_flat.items()
+    }
+    grad = flat_grad.reshape(grad.shape)
     momentum = new_state["exp_avg"]
     statistics = celo2_step_scale.statistics(param.to(dtype), grad, momentum, momentum, step, adamw=False)
     scale = celo2_step_scale.step_scale(theta, statistics)
-    direction = torch.where(finite, direction * scale, 0.0)
+    direction = torch.where(finite, direction * scale, 0.0).reshape(grad.shape)
     if options["weight_decay"] != 0:
         direction = direction + options["weight_decay"] * param.to(dtype)
     return direction, new_state
