@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import all_equal, parameters_of, small_model, train
 from torch.func import vmap
 
 import learned_optim as lo
@@ -14,31 +15,19 @@ CONFIG = lo.ScaledRNNpropConfig(step_scale_hidden=8)
 OPTIONS = {"weight_decay": 0.0}
 
 
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-
-
-def _train(optimizer_factory, steps: int = 8) -> list[torch.Tensor]:
-    model = _model()
-    optimizer = optimizer_factory(model.parameters())
-    data = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(data).pow(2).mean().backward()
-        model[0].weight.grad[1] = 0.0  # a frozen row
-        optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+def _trained(optimizer_factory) -> list[torch.Tensor]:
+    model = small_model()
+    train(model, optimizer_factory(model.parameters()), steps=8)
+    return parameters_of(model)
 
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_fresh_it_is_rnnprop_bit_for_bit(fused):
-    plain = _train(lambda params: lo.RNNprop(params, seed=3))
-    scaled = _train(lambda params: lo.ScaledRNNprop(params, seed=3, config=CONFIG))
-    for a, b in zip(plain, scaled, strict=True):
-        assert torch.equal(a, b)
+    plain = _trained(lambda params: lo.RNNprop(params, seed=3))
+    scaled = _trained(lambda params: lo.ScaledRNNprop(params, seed=3, config=CONFIG))
+    assert all_equal(plain, scaled)
     if fused:  # the compiled step keeps the eager trajectory
-        compiled = _train(lambda params: lo.ScaledRNNprop(params, seed=3, config=CONFIG, fused=True))
+        compiled = _trained(lambda params: lo.ScaledRNNprop(params, seed=3, config=CONFIG, fused=True))
         for a, b in zip(scaled, compiled, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -125,7 +114,7 @@ def test_meta_training_reaches_the_scale_network_and_exports_loadable_weights(tm
     result = trainer.run(progress_bar=False)
     assert not torch.equal(result.theta["scale_w1"], before)  # the meta-gradient reached s
     out = export_weights(trainer, result, tmp_path / "weights", "pytest")
-    loaded = lo.load(str(out), _model().parameters())
+    loaded = lo.load(str(out), small_model().parameters())
     assert isinstance(loaded, lo.ScaledRNNprop) and loaded.config.step_scale_hidden == 4
 
 
