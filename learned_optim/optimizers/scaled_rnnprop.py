@@ -2,7 +2,7 @@ r"""RNNprop with a learned per-tensor step scale: how far each tensor moves, lea
 
 RNNprop (``learned_optim.optimizers.rnnprop``) sees Adam-normalised inputs, which makes it blind
 to every scale: it moves each coordinate of a 2,304-input classifier as far as one of a 9-input
-convolution, although the first needs steps about 16× smaller (``1/√fan-in``). This variant keeps
+convolution, although PyTorch initialises the first's weights 16× smaller (``1/√fan-in``). This variant keeps
 RNNprop's per-coordinate direction d_t and multiplies it, per tensor, by the step scale s_t of
 Celo2's scale network (``learned_optim.optimizers.celo2_step_scale``, which has the math), read
 from nine statistics of the whole tensor: the parameter's and gradient's RMS, the ratio and
