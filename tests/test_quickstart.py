@@ -1,4 +1,4 @@
-"""examples/quickstart_mnist.py, which the README points to: an MNIST MLP trains with Adam and every architecture."""
+"""examples/quickstart_mnist.py, which the README points to: an MNIST MLP trains with Adam and each architecture."""
 
 import math
 import os
@@ -14,8 +14,13 @@ import learned_optim as lo
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "quickstart_mnist.py"
 
 
+# ScaledRNNprop is RNNprop's network in the per-tensor engine, both run here already (RNNprop,
+# Celo2); its own contract cases cover it, and this subprocess run would add a minute to CI.
+QUICKSTART_OPTIMIZERS = ["adam", *(name for name in lo.ARCHITECTURES if name != "scaled-rnnprop")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["adam", *lo.ARCHITECTURES])
+@pytest.mark.parametrize("optimizer", QUICKSTART_OPTIMIZERS)
 def test_quickstart_trains_with_every_optimizer(optimizer):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--optimizer", optimizer, "--steps", "50"],
