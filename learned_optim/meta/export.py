@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,9 +10,10 @@ from typing import Any
 import torch
 
 from learned_optim.cards import EVALUATION, NOT_EVALUATED, model_card
-from learned_optim.hub import save_pretrained
+from learned_optim.hub import CONFIG_NAME, save_pretrained
 from learned_optim.meta.trainer import MetaTrainer, MetaTrainResult
 from learned_optim.provenance import git_commit, machine
+from learned_optim.weights_file import read_json_file
 
 # ``git_commit`` lived here until 0.1; importing it from this module keeps working for one release.
 __all__ = ["export_weights", "git_commit", "recipe_of", "training_card"]
@@ -90,8 +90,8 @@ The full config is in `config.json` under `recipe`.
 def _recommendation_in(out: Path) -> str:
     """The recommendation of weights already exported to ``out``: re-exporting a run that goes on
     must not drop the verdict its evaluation gave (the next evaluation revises it)."""
-    config = out / "config.json"
-    return str(json.loads(config.read_text()).get("recommendation", "")) if config.exists() else ""
+    config = out / CONFIG_NAME
+    return str(read_json_file(config).get("recommendation", "")) if config.is_file() else ""
 
 
 def export_weights(trainer: MetaTrainer, result: MetaTrainResult, out: str | Path, command: str) -> Path:

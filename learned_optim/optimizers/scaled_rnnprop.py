@@ -85,17 +85,14 @@ def update(
         # Compiled into one kernel with the LSTM, this mask gives wrong LSTM states (Inductor,
         # torch 2.14, a compiled training step; tests/test_compile.py): compile it apart.
         torch._dynamo.graph_break()
-    new_state = {
-        key: torch.where(finite, value, flat_state[key]).reshape(state[key].shape) for key, value in new_flat.items()
-    }
-    grad = flat_grad.reshape(grad.shape)
-    momentum = new_state["exp_avg"]
-    statistics = celo2_step_scale.statistics(param.to(dtype), grad, momentum, momentum, step, adamw=False)
+    new_flat = {key: torch.where(finite, value, flat_state[key]) for key, value in new_flat.items()}
+    momentum = new_flat["exp_avg"]  # the statistics read tensors flat
+    statistics = celo2_step_scale.statistics(param.to(dtype), flat_grad, momentum, momentum, step, adamw=False)
     scale = celo2_step_scale.step_scale(theta, statistics)
     direction = torch.where(finite, direction * scale, 0.0).reshape(grad.shape)
     if options["weight_decay"] != 0:
         direction = direction + options["weight_decay"] * param.to(dtype)
-    return direction, new_state
+    return direction, {key: value.reshape(state[key].shape) for key, value in new_flat.items()}
 
 
 class ScaledRNNprop(LearnedOptimizer):
