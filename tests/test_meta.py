@@ -406,6 +406,26 @@ def test_meta_training_from_weights_may_add_a_step_scale_network(tmp_path):
             MetaTrainer(MetaTrainConfig.from_dict({**values, "optimizer_config": overrides}), tmp_path / "x")
 
 
+def test_a_run_from_meta_trained_weights_records_the_total_budget(tmp_path):
+    from learned_optim.meta.export import export_weights
+
+    earlier = {"command": "meta-train first.json", "commit": "abc1234", "inner_steps": 500, "inner_steps_computed": 2000}
+    lo.Hamiltonian([torch.nn.Parameter(torch.zeros(2))]).save_pretrained(tmp_path / "start", recipe=earlier)
+    settings = {"architecture": "hamiltonian", "initial_weights": str(tmp_path / "start"), "task": "quadratic"}
+    settings |= {"horizons": [10], "unroll": 5, "meta_epochs": 1, "trajectories_per_epoch": 1}
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(settings | {"validation_trajectories": 1}), tmp_path / "run")
+    out = export_weights(trainer, trainer.run(progress_bar=False), tmp_path / "out", "meta-train second.json")
+    recipe = json.loads((out / "config.json").read_text())["recipe"]
+    assert recipe["inner_steps"] == 10 and recipe["starts_from"]["commit"] == "abc1234"
+    assert (recipe["total_inner_steps"], recipe["total_inner_steps_computed"]) == (510, 2000 + 10)
+    card = " ".join((out / "README.md").read_text().split())
+    assert "trained by `meta-train first.json`" in card and "Total budget: 510 inner steps" in card
+    # A third run counts both before it.
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(settings | {"initial_weights": str(out)}), tmp_path / "run2")
+    third = export_weights(trainer, trainer.run(progress_bar=False), tmp_path / "third", "meta-train third.json")
+    assert json.loads((third / "config.json").read_text())["recipe"]["total_inner_steps"] == 520
+
+
 def test_meta_tuning_never_returns_weights_that_validate_worse_than_its_start(tmp_path, monkeypatch):
     lo.Symbolic([torch.nn.Parameter(torch.zeros(1))], rule="adam").save_pretrained(tmp_path / "rule")
     settings = {"architecture": "symbolic", "initial_weights": str(tmp_path / "rule"), "task": "quadratic"}

@@ -36,7 +36,39 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
         "inner_steps_computed": computed,
         "finished": trainer.finished(),
         "epochs_done": result.progress.epoch,
+    } | _start_of(trainer, along, computed)
+
+
+def _start_of(trainer: MetaTrainer, along: int, computed: int) -> dict[str, Any]:
+    """For a run that starts from meta-trained weights: those weights, how they were trained, and
+    the budget of both runs together (the card's total budget)."""
+    start = getattr(trainer, "start_from", None)
+    before = start.recipe if start is not None else {}
+    if "inner_steps" not in before:  # no recipe on record, e.g. published weights
+        return {}
+    starts_from = {
+        "weights": trainer.config.initial_weights,
+        "command": before.get("command", ""),
+        "commit": before.get("commit", ""),
+        "inner_steps": before.get("total_inner_steps", before["inner_steps"]),
+        "inner_steps_computed": before.get("total_inner_steps_computed", before.get("inner_steps_computed", 0)),
     }
+    return {
+        "starts_from": starts_from,
+        "total_inner_steps": starts_from["inner_steps"] + along,
+        "total_inner_steps_computed": starts_from["inner_steps_computed"] + computed,
+    }
+
+
+def _start_text(recipe: dict[str, Any]) -> str:
+    start = recipe.get("starts_from")
+    if not start:
+        return ""
+    return f"""
+It starts from `{start["weights"]}`, trained by `{start["command"]}` at commit {start["commit"]}
+({start["inner_steps"]:,} inner steps along trajectories, {start["inner_steps_computed"]:,} computed, all its own
+starting points included). **Total budget: {recipe["total_inner_steps"]:,} inner steps along trajectories,
+{recipe["total_inner_steps_computed"]:,} computed.**"""
 
 
 def _loss(value: float | None) -> str:
@@ -71,7 +103,8 @@ Config `{config.task}`, horizons {config.horizons}, unroll {config.unroll}, seed
 {recipe["threads"]} CPU thread(s) ({recipe["machine"]}), torch {recipe["torch"]}, commit {recipe["commit"]}.
 Budget: {recipe["inner_steps"]:,} inner steps along the optimizees' trajectories,
 {recipe["inner_steps_computed"]:,} computed (PES runs
-{2 * config.pes_particles if config.estimator == "pes" else 1} perturbed copies of each). {_status(recipe, config)}
+{2 * config.pes_particles if config.estimator == "pes" else 1} perturbed copies of each).{_start_text(recipe)}
+{_status(recipe, config)}
 The full config is in `config.json` under `recipe`.
 
 ![meta-training curve](training.png)

@@ -267,6 +267,7 @@ class MetaTrainer:
             # optimizer_config may only add weights (e.g. Celo2's step_scale_hidden): the starting
             # network's fields are kept and every one of its weights must keep its name and shape.
             self.optimizer_config = extended_config(self.architecture, start_from, config.optimizer_config)
+        self.start_from = start_from  # its recipe carries the budget the starting weights cost
         self.data_root = data_root
         self.distribution = TASK_DISTRIBUTIONS.get(config.task)
         self.task = self.validation_task = None  # with a distribution, each trajectory draws its own
