@@ -1,11 +1,13 @@
 """Workers for tests/test_distributed.py, launched with ``torchrun --nproc_per_node 2``.
 
-    torchrun --nproc_per_node 2 tests/distributed_workers.py ddp lstm OUT
-    torchrun --nproc_per_node 2 tests/distributed_workers.py fsdp rnnprop OUT [--resume-from CHECKPOINT]
+    torchrun --nproc_per_node 2 tests/distributed_workers.py ddp lstm,celo2 OUT
+    torchrun --nproc_per_node 2 tests/distributed_workers.py fsdp rnnprop OUT [--resume]
     torchrun --nproc_per_node 2 tests/distributed_workers.py meta lstm OUT
 
-Each rank trains on its half of a global batch; rank r writes ``OUT/<mode>-<optimizer>-rank<r>.pt``
-with the full parameters after every step.
+One launch runs every optimizer named (a launch costs seconds; the runs, milliseconds). Each rank
+trains on its half of a global batch; rank r writes ``OUT/<mode>-<optimizer>-rank<r>.pt`` with the
+full parameters after every step. FSDP saves a distributed checkpoint per optimizer in
+``OUT/checkpoint-<optimizer>``, which ``--resume`` loads to run the remaining steps.
 """
 
 from __future__ import annotations
@@ -60,23 +62,14 @@ def full_parameters(model) -> list[torch.Tensor]:
     return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["ddp", "fsdp", "meta"])
-    parser.add_argument("optimizer", choices=sorted(lo.ARCHITECTURES))
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--checkpoint-at", type=int, default=10, help="fsdp: save a distributed checkpoint here")
-    parser.add_argument("--resume-from", type=Path, help="fsdp: load this checkpoint and run the remaining steps")
-    args = parser.parse_args()
-    dist.init_process_group("gloo")
+def run(mode: str, name: str, out: Path, checkpoint_at: int, resume: bool) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
-    if args.mode == "meta":  # rank r unrolls the task instance of seed 100 + r
-        gradient = unroll_gradient(args.optimizer, 100 + rank, args.out / f"run{rank}")
-        torch.save(gradient, args.out / f"meta-{args.optimizer}-rank{rank}.pt")
-        distributed.shutdown()
+    if mode == "meta":  # rank r unrolls the task instance of seed 100 + r
+        gradient = unroll_gradient(name, 100 + rank, out / f"run-{name}-{rank}")
+        torch.save(gradient, out / f"meta-{name}-rank{rank}.pt")
         return
     model, batches = model_and_batches()
-    if args.mode == "ddp":
+    if mode == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)
     else:
         from torch.distributed.device_mesh import init_device_mesh
@@ -87,17 +80,18 @@ def main() -> None:
             if isinstance(layer, torch.nn.Linear):
                 fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-    optimizer = build_optimizer(args.optimizer, model.parameters())
+    optimizer = build_optimizer(name, model.parameters())
+    checkpoint = str(out / f"checkpoint-{name}")
     first = 0
-    if args.resume_from:
+    if resume:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
-        dcp.load(state, checkpoint_id=str(args.resume_from))
+        dcp.load(state, checkpoint_id=checkpoint)
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-        first = args.checkpoint_at
+        first = checkpoint_at
     history = []
     share = GLOBAL_BATCH // world
     for step in range(first, STEPS):
@@ -107,14 +101,31 @@ def main() -> None:
         torch.nn.functional.mse_loss(model(x), y).backward()
         optimizer.step()
         history.append(full_parameters(model))
-        if args.mode == "fsdp" and not args.resume_from and step + 1 == args.checkpoint_at:
+        if mode == "fsdp" and not resume and step + 1 == checkpoint_at:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
             model_state, optimizer_state = get_state_dict(model, optimizer)
-            dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(args.out / "checkpoint"))
-    suffix = "-resumed" if args.resume_from else ""
-    torch.save(history, args.out / f"{args.mode}-{args.optimizer}{suffix}-rank{rank}.pt")
+            dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
+    suffix = "-resumed" if resume else ""
+    torch.save(history, out / f"{mode}-{name}{suffix}-rank{rank}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["ddp", "fsdp", "meta"])
+    parser.add_argument("optimizers", help="comma-separated architecture names")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--checkpoint-at", type=int, default=10, help="fsdp: save a distributed checkpoint here")
+    parser.add_argument("--resume", action="store_true", help="fsdp: load the checkpoints, run the remaining steps")
+    args = parser.parse_args()
+    names = args.optimizers.split(",")
+    unknown = sorted(set(names) - set(lo.ARCHITECTURES))
+    if unknown:
+        parser.error(f"unknown optimizers {unknown}")
+    dist.init_process_group("gloo")
+    for name in names:
+        run(args.mode, name, args.out, args.checkpoint_at, args.resume)
     distributed.shutdown()
 
 

@@ -46,6 +46,31 @@ def launch(*args: str | Path) -> None:
     torchrun(WORKERS, *args)
 
 
+# One launch per mode runs every architecture (a launch costs seconds, a run milliseconds); each
+# test then reads its architecture's files.
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    launch("ddp", ",".join(ARCHITECTURE_NAMES), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp")
+    launch("fsdp", ",".join(ARCHITECTURE_NAMES), out, "--checkpoint-at", 10)
+    # Fresh processes load each step-10 checkpoint and redo steps 11-20.
+    launch("fsdp", ",".join(ARCHITECTURE_NAMES), out, "--checkpoint-at", 10, "--resume")
+    return out
+
+
+@pytest.fixture(scope="module")
+def meta_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("meta")
+    launch("meta", ",".join(FLAT_META_NAMES), out)
+    return out
+
+
 def single_process_history(name: str) -> list[list[torch.Tensor]]:
     model, batches = model_and_batches()
     optimizer = build_optimizer(name, model.parameters())
@@ -72,9 +97,8 @@ def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], exact: bool) -> No
 
 
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
-def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
-    launch("ddp", name, tmp_path)
-    rank0, rank1 = load(tmp_path / f"ddp-{name}-rank0.pt"), load(tmp_path / f"ddp-{name}-rank1.pt")
+def test_ddp_ranks_agree_and_match_one_process(ddp_runs, name):
+    rank0, rank1 = load(ddp_runs / f"ddp-{name}-rank0.pt"), load(ddp_runs / f"ddp-{name}-rank1.pt")
     reference = single_process_history(name)
     assert len(rank0) == STEPS
     assert_same(rank0[-1], rank1[-1], exact=True)
@@ -84,24 +108,21 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path, name):
 
 # Celo2 is per-tensor: each rank gathers the whole tensor, its Adafactor moments and orthogonalisation.
 @pytest.mark.parametrize("name", ARCHITECTURE_NAMES)
-def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(tmp_path, name):
-    launch("fsdp", name, tmp_path, "--checkpoint-at", 10)
-    history = load(tmp_path / f"fsdp-{name}-rank0.pt")
-    assert_same(history[-1], load(tmp_path / f"fsdp-{name}-rank1.pt")[-1], exact=True)
+def test_fsdp2_matches_one_process_and_resumes_from_a_distributed_checkpoint(fsdp_runs, name):
+    history = load(fsdp_runs / f"fsdp-{name}-rank0.pt")
+    assert_same(history[-1], load(fsdp_runs / f"fsdp-{name}-rank1.pt")[-1], exact=True)
     assert_same(history[-1], single_process_history(name)[-1], exact=False)
-    # Fresh processes load the step-10 checkpoint and redo steps 11-20: the same trajectory.
-    launch("fsdp", name, tmp_path, "--checkpoint-at", 10, "--resume-from", tmp_path / "checkpoint")
-    resumed = load(tmp_path / f"fsdp-{name}-resumed-rank0.pt")
+    # The resumed run (fresh processes from the step-10 checkpoint) follows the same trajectory.
+    resumed = load(fsdp_runs / f"fsdp-{name}-resumed-rank0.pt")
     assert len(resumed) == STEPS - 10
     for original, again in zip(history[10:], resumed, strict=True):
         assert_same(original, again, exact=True)
 
 
 @pytest.mark.parametrize("name", FLAT_META_NAMES)
-def test_two_process_meta_gradient_is_the_mean_of_the_single_process_gradients(tmp_path, name):
-    launch("meta", name, tmp_path)
-    rank0 = torch.load(tmp_path / f"meta-{name}-rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / f"meta-{name}-rank1.pt", weights_only=True)
+def test_two_process_meta_gradient_is_the_mean_of_the_single_process_gradients(meta_runs, tmp_path, name):
+    rank0 = torch.load(meta_runs / f"meta-{name}-rank0.pt", weights_only=True)
+    rank1 = torch.load(meta_runs / f"meta-{name}-rank1.pt", weights_only=True)
     first, second = unroll_gradient(name, 100, tmp_path / "a"), unroll_gradient(name, 101, tmp_path / "b")
     assert rank0.keys() == first.keys()
     for key in first:
