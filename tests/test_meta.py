@@ -409,7 +409,12 @@ def test_meta_training_from_weights_may_add_a_step_scale_network(tmp_path):
 def test_a_run_from_meta_trained_weights_records_the_total_budget(tmp_path):
     from learned_optim.meta.export import export_weights
 
-    earlier = {"command": "meta-train first.json", "commit": "abc1234", "inner_steps": 500, "inner_steps_computed": 2000}
+    earlier = {
+        "command": "meta-train first.json",
+        "commit": "abc1234",
+        "inner_steps": 500,
+        "inner_steps_computed": 2000,
+    }
     lo.Hamiltonian([torch.nn.Parameter(torch.zeros(2))]).save_pretrained(tmp_path / "start", recipe=earlier)
     settings = {"architecture": "hamiltonian", "initial_weights": str(tmp_path / "start"), "task": "quadratic"}
     settings |= {"horizons": [10], "unroll": 5, "meta_epochs": 1, "trajectories_per_epoch": 1}
@@ -536,6 +541,15 @@ def test_pes_estimate_points_along_the_gradient_of_the_whole_trajectory():
     assert torch.nn.functional.cosine_similarity(estimate, backpropagated, dim=0) > 0.5
     assert 0.5 < float(estimate.norm() / backpropagated.norm()) < 2
 
+    # A mask perturbs only its coordinates: the others get no estimate and no accumulated noise, and
+    # the copies' losses then differ only through the masked-in ones.
+    mask = (torch.arange(estimate.numel()) % 3 == 0).float()
+    masked, _, copies = pes.pes_estimate(
+        architecture, theta, config, task, pes.start_pairs(inner, 4, theta), generator, 3, sigma=1e-3, lr=lr, mask=mask
+    )
+    assert torch.all(masked[mask == 0] == 0) and torch.all(copies.perturbation[:, mask == 0] == 0)
+    assert torch.count_nonzero(masked[mask == 1]) > 0
+
 
 DISTRIBUTION_RUN = {
     "architecture": "celo2",
@@ -562,6 +576,20 @@ def test_meta_training_on_a_task_distribution_changes_the_weights(tmp_path, esti
     assert 0 < record["valid_loss"] < 2  # relative to the loss at initialisation
     changed = [not torch.equal(before, after) for before, after in zip(initial, result.theta.values(), strict=True)]
     assert sum(changed) >= len(changed) // 2
+
+
+@pytest.mark.parametrize("estimator", ["tbptt", "pes"])
+def test_meta_train_only_updates_the_named_weights_and_keeps_the_rest(tmp_path, estimator):
+    values = {**DISTRIBUTION_RUN, "estimator": estimator, "trajectories_per_epoch": 2}
+    values |= {"optimizer_config": {"step_scale_hidden": 4}, "meta_train_only": ["scale_"]}
+    trainer = MetaTrainer(MetaTrainConfig(**values), tmp_path)
+    assert trainer.trained == {"scale_w0", "scale_b0", "scale_w1", "scale_b1"}
+    initial = {k: v.detach().clone() for k, v in trainer.theta.items()}
+    result = trainer.run(progress_bar=False)
+    assert all(torch.equal(result.theta[k], v) for k, v in initial.items() if k not in trainer.trained)
+    assert any(not torch.equal(result.theta[k], initial[k]) for k in trainer.trained)
+    with pytest.raises(ValueError, match="'scale' names no weight"):
+        MetaTrainer(MetaTrainConfig(**{**values, "meta_train_only": ["scale"]}), tmp_path / "x")
 
 
 class Interrupted(Exception):

@@ -215,14 +215,18 @@ def pes_estimate(
     sigma: float,
     lr: float,
     weighting: str = "mean",
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, PESCopies]:
     """One unroll of every pair: the flat gradient estimate ĝ, every copy's losses (2N × K) and the copies after it.
 
     The perturbations are drawn from ``generator`` first, then the unroll's batches, which every
-    copy shares.
+    copy shares. ``mask`` (0/1 per coordinate of the flat φ) perturbs only its 1s: the others stay
+    fixed, their estimate is 0 and the loss differences carry none of their noise.
     """
     phi = flatten_theta(theta)
     noises = torch.stack([torch.randn(phi.shape, generator=generator) * sigma for _ in range(copies.pairs)])
+    if mask is not None:
+        noises = noises * mask
     signs = torch.tensor([1.0, -1.0]).repeat(copies.pairs).unsqueeze(1)
     perturbed = phi + signs * noises.repeat_interleave(2, dim=0)
     thetas = unflatten_copies(theta, perturbed)

@@ -112,6 +112,9 @@ class MetaTrainConfig:
     stack_task_instances: bool = True  # instances of one task run as one stacked (vmapped) unroll
     compile: bool = False  # torch.compile each inner step's update (unroll.compiled): faster, same math
     initial_weights: str = ""  # start from these weights (name or directory), e.g. to meta-tune a distilled rule
+    # Names of the weights meta-training updates, a name ending in "_" standing for every weight it
+    # begins (["scale_"]: Celo2's step-scale network); the others stay as they start. Empty: all.
+    meta_train_only: list[str] = field(default_factory=list)
     seed: int = 0
     description: str = ""
 
@@ -202,6 +205,20 @@ class MetaTrainResult:
     progress: Progress
 
 
+def trained_names(theta: dict[str, Tensor], only: list[str]) -> set[str]:
+    """The names of ``theta`` that ``meta_train_only`` selects (all when it is empty); an entry
+    ending in "_" selects every name it begins. An entry that selects nothing is an error."""
+    if not only:
+        return set(theta)
+    chosen: set[str] = set()
+    for entry in only:
+        matched = {n for n in theta if n == entry or (entry.endswith("_") and n.startswith(entry))}
+        if not matched:
+            raise ValueError(f"meta_train_only: {entry!r} names no weight; the weights are {sorted(theta)}")
+        chosen |= matched
+    return chosen
+
+
 def extended_config(architecture: Any, start_from: Any, overrides: dict[str, Any]) -> Any:
     """The config of the starting weights ``start_from`` with ``overrides``, which may only add
     weights: every weight of the starting network must keep its name and shape."""
@@ -287,9 +304,10 @@ class MetaTrainer:
         initial = self.architecture.init_theta(self.optimizer_config, torch.Generator().manual_seed(config.seed))
         if start_from is not None:  # weights the starting network lacks keep their fresh values
             initial |= {k: v.clone() for k, v in start_from.theta.items()}
-        self.theta = {k: v.requires_grad_() for k, v in initial.items()}
+        self.trained = trained_names(initial, config.meta_train_only)
+        self.theta = {k: v.requires_grad_(k in self.trained) for k, v in initial.items()}
         self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
-        self.meta_optimizer = torch.optim.Adam(self.theta.values(), lr=config.meta_lr)
+        self.meta_optimizer = torch.optim.Adam(self.trained_values(), lr=config.meta_lr)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.progress = Progress()
 
@@ -305,12 +323,22 @@ class MetaTrainer:
             self.progress.skipped_steps += 1  # keep φ: one diverged optimizee must not poison it
             return False
         (backward or loss.backward)()
-        distributed.average_gradients(self.theta.values())
+        distributed.average_gradients(self.trained_values())
         return True
+
+    def _pes_mask(self) -> Tensor | None:
+        """1 on the flat φ's coordinates meta-training updates, 0 elsewhere (None: all are)."""
+        if len(self.trained) == len(self.theta):
+            return None
+        return torch.cat([torch.full((v.numel(),), float(k in self.trained)) for k, v in self.theta.items()])
+
+    def trained_values(self) -> list[Tensor]:
+        """The weights meta-training updates (``meta_train_only``), in ``theta``'s order."""
+        return [value for name, value in self.theta.items() if name in self.trained]
 
     def _meta_step(self, loss: Tensor, backward: Callable[[], None] | None = None) -> None:
         if self.meta_gradient(loss, backward):
-            torch.nn.utils.clip_grad_norm_(self.theta.values(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trained_values(), self.config.grad_clip)
             self.meta_optimizer.step()
 
     def draw_task(self, generator: torch.Generator) -> Any:
@@ -419,6 +447,7 @@ class MetaTrainer:
                     generator,
                     config.unroll,
                     sigma=config.pes_sigma,
+                    mask=self._pes_mask(),
                     lr=config.inner_lr,
                     weighting=config.weighting,
                 )
@@ -428,7 +457,8 @@ class MetaTrainer:
 
             def set_gradient(gradient: dict[str, Tensor] = gradient) -> None:
                 for name, value in self.theta.items():
-                    value.grad = gradient[name].clone()
+                    if name in self.trained:
+                        value.grad = gradient[name].clone()
 
             all_losses = torch.stack(losses)
             self._meta_step(all_losses, set_gradient)
@@ -450,8 +480,9 @@ class MetaTrainer:
             record = split_unroll(*arguments, threads, lr=config.inner_lr, split=split)
 
             def set_gradients() -> None:
-                gradients = record.meta_gradient(self.theta, config.weighting, threads)
-                for name, value in self.theta.items():
+                trained = {name: value for name, value in self.theta.items() if name in self.trained}
+                gradients = record.meta_gradient(trained, config.weighting, threads)
+                for name, value in trained.items():
                     value.grad = gradients[name]
 
             return record.losses, record.state, set_gradients
