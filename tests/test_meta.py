@@ -500,6 +500,8 @@ def test_a_dataset_that_is_missing_and_cannot_be_downloaded_is_a_clear_error(tmp
         ({"unroll": 0}, "Invalid unroll value: 0"),
         ({"horizons": [30], "unroll": 20}, "multiple of unroll=20"),
         ({"horizons": []}, "Invalid horizons"),
+        ({"meta_loss_from": 1.0, "estimator": "pes"}, "Invalid meta_loss_from"),
+        ({"meta_loss_from": 0.5}, "meta_loss_from needs estimator 'pes'"),
         ({"meta_lr": -1e-3}, "Invalid meta_lr value"),
         ({"grad_clip": 0.0}, "Invalid grad_clip value"),
         ({"trajectories_per_epoch": 0}, "Invalid trajectories_per_epoch value"),
@@ -590,6 +592,20 @@ def test_meta_train_only_updates_the_named_weights_and_keeps_the_rest(tmp_path, 
     assert any(not torch.equal(result.theta[k], initial[k]) for k in trainer.trained)
     with pytest.raises(ValueError, match="'scale' names no weight"):
         MetaTrainer(MetaTrainConfig(**{**values, "meta_train_only": ["scale"]}), tmp_path / "x")
+
+
+def test_meta_loss_from_takes_meta_steps_only_late_in_each_trajectory(tmp_path, monkeypatch):
+    values = {**DISTRIBUTION_RUN, "estimator": "pes", "horizons": [10], "tasks_per_step": 1}
+    steps = []
+    original = MetaTrainer._meta_step
+    monkeypatch.setattr(
+        MetaTrainer, "_meta_step", lambda self, *arguments: (steps.append(1), original(self, *arguments))
+    )
+    for meta_loss_from, expected in ((0.0, 5), (0.5, 3), (0.55, 3), (0.6, 2), (0.9, 1)):
+        steps.clear()  # 5 truncations of 2 steps; those with a step past the fraction count
+        trainer = MetaTrainer(MetaTrainConfig(**values, meta_loss_from=meta_loss_from), tmp_path / str(meta_loss_from))
+        trainer.meta_trajectory(10)
+        assert len(steps) == expected, meta_loss_from
 
 
 class Interrupted(Exception):

@@ -92,6 +92,9 @@ class MetaTrainConfig:
     meta_lr: float = 1e-3
     grad_clip: float = 1.0
     weighting: str = "mean"
+    # PES only: truncations that end before this fraction of the horizon still run (the perturbations
+    # persist through them) but take no meta-step, so φ is trained for the end of a run. 0: all do.
+    meta_loss_from: float = 0.0
     inner_lr: float = 1.0
     second_order: bool = False
     validation_trajectories: int = 4
@@ -150,6 +153,12 @@ class MetaTrainConfig:
             raise ValueError("symmetry_weight needs one task: the symmetries are found in its network")
         if self.validation_score not in VALIDATION_SCORES:
             raise ValueError(f"Invalid validation_score: {self.validation_score!r}; choose from {VALIDATION_SCORES}")
+        if not 0 <= self.meta_loss_from < 1:
+            raise ValueError(f"Invalid meta_loss_from: {self.meta_loss_from}; a fraction of the horizon in [0, 1)")
+        if self.meta_loss_from and self.estimator != "pes":
+            raise ValueError(
+                "meta_loss_from needs estimator 'pes': a truncated unroll's gradient cannot reach the later losses"
+            )
         if self.weighting not in ("sum", "mean", "log_sum"):
             raise ValueError(f"Invalid weighting: {self.weighting!r}; choose from sum, mean, log_sum")
 
@@ -435,7 +444,10 @@ class MetaTrainer:
         config = self.config
         pairs = [pes.start_pairs(inner, config.pes_particles, self.theta) for inner in inners]
         total = 0.0
-        for _ in range(horizon // config.unroll):
+        truncations = horizon // config.unroll
+        # The first truncation with a step past meta_loss_from of the horizon takes the first meta-step.
+        first_counted = math.floor(config.meta_loss_from * horizon / config.unroll)
+        for truncation in range(truncations):
             estimates, losses = [], []
             for index, task in enumerate(tasks):
                 estimate, task_losses, pairs[index] = pes.pes_estimate(
@@ -461,9 +473,10 @@ class MetaTrainer:
                         value.grad = gradient[name].clone()
 
             all_losses = torch.stack(losses)
-            self._meta_step(all_losses, set_gradient)
+            if truncation >= first_counted:
+                self._meta_step(all_losses, set_gradient)
             total += float(all_losses.mean())
-        return total / (horizon // config.unroll)
+        return total / truncations
 
     def _unroll(
         self, theta: dict[str, Tensor], task: Any, inner: InnerState, generator: torch.Generator, training: bool
