@@ -118,6 +118,24 @@ def test_meta_training_reaches_the_scale_network_and_exports_loadable_weights(tm
     assert isinstance(loaded, lo.ScaledRNNprop) and loaded.config.step_scale_hidden == 4
 
 
+def test_meta_training_starts_from_rnnprop_weights_with_a_fresh_scale(tmp_path):
+    from learned_optim.meta.trainer import MetaTrainConfig, MetaTrainer
+
+    start = lo.RNNprop([torch.nn.Parameter(torch.zeros(2))], seed=7, hidden_size=6)
+    start.save_pretrained(tmp_path / "rnnprop")
+    values = {"architecture": "scaled-rnnprop", "initial_weights": str(tmp_path / "rnnprop"), "task": "quadratic"}
+    values |= {"optimizer_config": {"step_scale_hidden": 4}, "meta_train_only": ["scale_"]}
+    trainer = MetaTrainer(MetaTrainConfig.from_dict(values), tmp_path / "run")
+    assert trainer.optimizer_config == lo.ScaledRNNpropConfig(hidden_size=6, step_scale_hidden=4)
+    assert all(torch.equal(trainer.theta[name], value) for name, value in start.theta.items())
+    assert torch.equal(trainer.theta["scale_w1"], torch.zeros(4, 1))  # s = 1: RNNprop's trajectory exactly
+    assert trainer.trained == {"scale_w0", "scale_b0", "scale_w1", "scale_b1"}
+    # Weights of an architecture it does not extend are refused, as before.
+    lo.Hamiltonian([torch.nn.Parameter(torch.zeros(2))]).save_pretrained(tmp_path / "hamiltonian")
+    with pytest.raises(ValueError, match="are 'hamiltonian' weights"):
+        MetaTrainer(MetaTrainConfig.from_dict({**values, "initial_weights": str(tmp_path / "hamiltonian")}), tmp_path)
+
+
 def test_a_non_positive_hidden_size_is_refused():
     with pytest.raises(ValueError, match="step_scale_hidden"):
         lo.ScaledRNNpropConfig(step_scale_hidden=0)

@@ -230,13 +230,17 @@ def trained_names(theta: dict[str, Tensor], only: list[str]) -> set[str]:
 
 def extended_config(architecture: Any, start_from: Any, overrides: dict[str, Any]) -> Any:
     """The config of the starting weights ``start_from`` with ``overrides``, which may only add
-    weights: every weight of the starting network must keep its name and shape."""
-    if not overrides:
-        return start_from.config
-    unknown = set(overrides) - {field.name for field in dataclasses.fields(start_from.config)}
+    weights: every weight of the starting network must keep its name and shape. Weights of the
+    architecture that ``architecture`` extends (its ``extends``) start it with its own defaults added."""
+    base = start_from.config
+    if not isinstance(base, architecture.Config):
+        base = architecture.Config(**dataclasses.asdict(base))
+    elif not overrides:
+        return base
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(base)}
     if unknown:
         raise ValueError(f"optimizer_config: unknown fields {sorted(unknown)} for {architecture.__name__}")
-    extended = dataclasses.replace(start_from.config, **overrides)
+    extended = dataclasses.replace(base, **overrides)
     shapes = {name: tuple(value.shape) for name, value in architecture.init_theta(extended, None).items()}
     changed = sorted(name for name, value in start_from.theta.items() if shapes.get(name) != tuple(value.shape))
     if changed or set(shapes) == set(start_from.theta):
@@ -285,7 +289,7 @@ class MetaTrainer:
             from learned_optim.hub import from_pretrained
 
             start_from = from_pretrained(config.initial_weights)
-            if start_from.architecture != config.architecture:
+            if start_from.architecture not in (config.architecture, getattr(self.architecture, "extends", None)):
                 raise ValueError(
                     f"initial_weights {config.initial_weights!r} are {start_from.architecture!r} weights: "
                     f"set architecture {start_from.architecture!r}"

@@ -98,6 +98,7 @@ def update(
 class ScaledRNNprop(LearnedOptimizer):
     __doc__ = __doc__
     architecture = "scaled-rnnprop"
+    extends = "rnnprop"  # RNNprop weights start it (meta-training's initial_weights), the scale fresh
     Config = ScaledRNNpropConfig
     per_tensor = True
     init_theta = staticmethod(init_theta)
