@@ -42,8 +42,7 @@ def recipe_of(trainer: MetaTrainer, result: MetaTrainResult, command: str) -> di
 def _start_of(trainer: MetaTrainer, along: int, computed: int) -> dict[str, Any]:
     """For a run that starts from meta-trained weights: those weights, how they were trained, and
     the budget of both runs together (the card's total budget)."""
-    start = getattr(trainer, "start_from", None)
-    before = start.recipe if start is not None else {}
+    before = trainer.start_from.recipe if trainer.start_from is not None else {}
     if "inner_steps" not in before:  # no recipe on record, e.g. published weights
         return {}
     starts_from = {

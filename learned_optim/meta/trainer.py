@@ -321,6 +321,10 @@ class MetaTrainer:
         self.theta = {k: v.requires_grad_(k in self.trained) for k, v in initial.items()}
         self.best_theta = {k: v.detach().clone() for k, v in self.theta.items()}
         self.meta_optimizer = torch.optim.Adam(self.trained_values(), lr=config.meta_lr)
+        # PES perturbs the flat φ only where it is trained (None: everywhere).
+        self.pes_mask = None
+        if len(self.trained) < len(self.theta):
+            self.pes_mask = torch.cat([torch.full((v.numel(),), float(k in self.trained)) for k, v in initial.items()])
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.progress = Progress()
 
@@ -338,12 +342,6 @@ class MetaTrainer:
         (backward or loss.backward)()
         distributed.average_gradients(self.trained_values())
         return True
-
-    def _pes_mask(self) -> Tensor | None:
-        """1 on the flat φ's coordinates meta-training updates, 0 elsewhere (None: all are)."""
-        if len(self.trained) == len(self.theta):
-            return None
-        return torch.cat([torch.full((v.numel(),), float(k in self.trained)) for k, v in self.theta.items()])
 
     def trained_values(self) -> list[Tensor]:
         """The weights meta-training updates (``meta_train_only``), in ``theta``'s order."""
@@ -463,7 +461,7 @@ class MetaTrainer:
                     generator,
                     config.unroll,
                     sigma=config.pes_sigma,
-                    mask=self._pes_mask(),
+                    mask=self.pes_mask,
                     lr=config.inner_lr,
                     weighting=config.weighting,
                 )
