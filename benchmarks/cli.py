@@ -1,15 +1,16 @@
 """``learned-optim bench SUITE`` (also ``python -m benchmarks SUITE`` in a checkout).
 
-Suites: quick (a few minutes: the recommended learned optimizers and the published Celo2 in a
-ReLU CNN, a character Transformer and the sigmoid MNIST MLP, a slice of ``real`` with its
-protocol at a constant rate; see ``benchmarks.quick_suite``; ends with one line per learned
-optimizer: where it wins and where it loses). mnist, transfer, resnet50 (every pretrained learned
-optimizer; see ``benchmarks.suites``): each learned optimizer at its default lr against SGD, SGD
+Suites: quick (a few minutes: the pretrained generalists, every weights file but the study
+objects, and the published Celo2 in a ReLU CNN, a character Transformer and the sigmoid MNIST MLP,
+a slice of ``real`` with its protocol at a constant rate; see ``benchmarks.quick_suite``; ends
+with one line per learned optimizer: where it wins and where it loses). mnist, transfer (every
+pretrained learned optimizer), resnet50 (the recommended ones and celo2-published; see
+``benchmarks.suites``): each learned optimizer at its default lr against SGD, SGD
 with momentum and Adam, each at its tuned learning rate, and judged against the best of those
 three at each reported step. overhead: step time and peak memory against
 torch.optim.Adam (``benchmarks.overhead``). real: ordinary PyTorch training loops (a wide ReLU CNN, a
 deep SiLU MLP, a character Transformer, an autoencoder, logistic regression) outside the
-meta-training distribution, each recommended learned optimizer at its default lr against Adam at
+meta-training distribution, each pretrained generalist at its default lr against Adam at
 1e-3 and tuned Adam and SGD with momentum, with and without a cosine schedule, at two lengths
 (--length short: 200-300 steps, about 40 minutes on 2 CPU cores; long: 2,000 steps, into
 --out/long, about 8x that) (schema learned_optim.bench.real/1, see ``benchmarks.real_suite``;
@@ -59,8 +60,8 @@ def build_parser(prog: str = "learned-optim bench") -> argparse.ArgumentParser:
     parser.add_argument(
         "--optimizers",
         nargs="*",
-        help="learned optimizers (default: quick, real, resnet50: the recommended ones, quick with celo2-published; "
-        "others: all)",
+        help="learned optimizers (default: quick, real: every one but the study objects, resnet50: the recommended "
+        "ones, each with celo2-published; others: all)",
     )
     parser.add_argument("--baselines", nargs="*", help="subset of the suite's baselines (sgd, sgd-momentum, adam)")
     parser.add_argument("--tasks", nargs="*", help="train these tasks instead of the suite's")

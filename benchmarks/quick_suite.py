@@ -2,8 +2,8 @@
 
 Two of the ``real`` suite's ordinary loops (a CNN and a character Transformer) and the classic
 sigmoid MLP, at a constant learning rate, with the ``real`` suite's protocol: Adam and SGD with
-momentum tuned per loop over the same grids, Adam at 1e-3 as a loop has it, and the recommended
-learned optimizers untuned at their default lr, beside the published Celo2 network
+momentum tuned per loop over the same grids, Adam at 1e-3 as a loop has it, and the pretrained
+generalists (every weights file but the study objects) untuned at their default lr, beside the published Celo2 network
 (``celo2-published``) as the field's reference. Every verdict is against the best tuned baseline,
 and the report ends with one line per learned optimizer: where it wins and where it loses.
 """
@@ -21,7 +21,7 @@ from .suites import Results, default_optimizers
 LOOPS = ("mnist-cnn-wide", "text-transformer", "mnist-mlp-sigmoid")
 SCHEDULES = ("constant",)
 DESCRIPTION = (
-    "a few minutes: the recommended learned optimizers and the published Celo2 in three ordinary loops "
+    "a few minutes: the pretrained generalists and the published Celo2 in three ordinary loops "
     "(a ReLU CNN, a character Transformer, the sigmoid MNIST MLP), against tuned Adam and SGD with momentum"
 )
 QUICK_PROTOCOL = (
@@ -45,7 +45,7 @@ def run_quick_suite(
     """Run (or resume) the suite into ``out/results.json``; ``steps``/``seeds`` override its budget (tests)."""
     return run_real_suite(
         out,
-        optimizers=default_optimizers() if optimizers is None else optimizers,
+        optimizers=default_optimizers("generalists") if optimizers is None else optimizers,
         loops=list(LOOPS),
         steps=steps,
         seeds=seeds,

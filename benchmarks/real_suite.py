@@ -119,7 +119,7 @@ def run_real_suite(
             f"unknown baselines, loops or schedules {unknown}: baselines {sorted(grids)}, loops {sorted(ALL_LOOPS)}, "
             f"schedules {list(SCHEDULES)}"
         )
-    learned = default_optimizers("recommended") if optimizers is None else optimizers
+    learned = default_optimizers("generalists") if optimizers is None else optimizers
     digests = {name: weights_digest(name) for name in learned}
     plans = [ALL_LOOPS[name] if steps is None else replace(ALL_LOOPS[name], steps=steps) for name in loops or LOOPS]
     data = {loop.name: loop.load_data() for loop in plans}
@@ -251,6 +251,23 @@ def targets(judgements: list[dict[str, Any]]) -> dict[str, Any]:
         "step_time_within_target_on_every_loop": loops > 0 and counts["step_time_within_target"] == loops,
     }
     return counts | {"met": met, "all_met": all(met.values())}
+
+
+LONG_RUN_SHARE = 0.8  # of the loops at 2,000 steps a recommended optimizer must beat Adam at 1e-3 on
+
+
+def meets_recommendation_bar(short: dict[str, Any], long: dict[str, Any]) -> bool:
+    """Whether one schedule's ``targets`` counts at both lengths clear the bar for calling weights
+    recommended: never diverge, beat Adam at 1e-3 on every loop at the short length and on at least
+    ``LONG_RUN_SHARE`` of the loops at 2,000 steps."""
+    return (
+        short["loops"] > 0
+        and long["loops"] > 0
+        and short["diverged"] == 0
+        and long["diverged"] == 0
+        and short["beats_adam"] == short["loops"]
+        and long["beats_adam"] >= LONG_RUN_SHARE * long["loops"]
+    )
 
 
 def final_cell(

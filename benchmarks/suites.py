@@ -66,7 +66,7 @@ class TaskPlan:
 
 @dataclass(frozen=True)
 class Suite:
-    """``learned``: which pretrained weights run by default: ``every`` one, or the ``recommended`` ones."""
+    """``learned``: which pretrained weights run by default (a key of ``LEARNED_SELECTIONS``)."""
 
     name: str
     description: str
@@ -132,13 +132,21 @@ def default_optimizers(which: str = "recommended") -> list[str]:
     return chosen + [name for name in REFERENCE if name in every and name not in chosen]
 
 
+LEARNED_SELECTIONS = {
+    "every": lambda recommendation: True,
+    # Every weights file offered for use, recommended or not: what the product is today.
+    "generalists": lambda recommendation: recommendation != "study object",
+    "recommended": lambda recommendation: recommendation == "recommended",
+}
+
+
 def learned_optimizers(which: str = "every") -> list[str]:
-    """The pretrained learned optimizers ``list_pretrained()`` finds: ``every`` one or the ``recommended`` ones."""
-    if which not in ("every", "recommended"):
-        raise ValueError(f"which learned optimizers: 'every' or 'recommended', not {which!r}")
-    return [
-        entry["name"] for entry in list_pretrained() if which == "every" or entry["recommendation"] == "recommended"
-    ]
+    """The pretrained learned optimizers ``list_pretrained()`` finds: ``every`` one, the ``generalists``
+    (all but the study objects) or the ``recommended`` ones."""
+    if which not in LEARNED_SELECTIONS:
+        raise ValueError(f"which learned optimizers: one of {', '.join(map(repr, LEARNED_SELECTIONS))}, not {which!r}")
+    chosen = LEARNED_SELECTIONS[which]
+    return [entry["name"] for entry in list_pretrained() if chosen(entry["recommendation"])]
 
 
 def recommendations(names: list[str]) -> dict[str, str]:

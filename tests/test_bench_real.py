@@ -2,10 +2,12 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import learned_optim as lo
 from benchmarks import real_suite, real_training
 from benchmarks.cli import main as bench_main
 from benchmarks.real_loops import LOOPS
@@ -242,3 +244,35 @@ def test_relative_table_compares_each_row_with_the_lowest_tuned_baseline():
     assert lines[2] == "| best tuned baseline | sgd-momentum 0.1 | adam 2 |"  # a diverged baseline is no baseline
     assert lines[3] == "| `l` | -10% | diverged |"
     assert lines[4] == "| Adam at 1e-3 | +200% | +100% |"
+
+
+def test_recommendation_bar_needs_every_short_loop_and_most_long_ones():
+    def counts(loops, beats, diverged=0):
+        return {"loops": loops, "beats_adam": beats, "diverged": diverged}
+
+    assert real_suite.meets_recommendation_bar(counts(7, 7), counts(7, 6))  # 6 of 7 is 86% of the long loops
+    assert not real_suite.meets_recommendation_bar(counts(7, 7), counts(7, 5))  # 71%
+    assert not real_suite.meets_recommendation_bar(counts(7, 6), counts(7, 7))  # one short loop lost
+    assert not real_suite.meets_recommendation_bar(counts(7, 7), counts(7, 7, diverged=1))
+    assert not real_suite.meets_recommendation_bar(counts(0, 0), counts(7, 7))  # nothing measured
+
+
+def test_shipped_labels_follow_the_committed_real_results():
+    """A generalist is called recommended exactly when the committed `real` results clear the bar at
+    both lengths under both schedules; `learned-optim list` and the suites' defaults read the label."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "real"
+    short, long = (
+        real_suite.summarize(json.loads((folder / "results.json").read_text()))["targets"]
+        for folder in (committed, committed / "long")
+    )
+    judged = []
+    for entry in lo.list_pretrained():
+        name, label = entry["name"], entry["recommendation"]
+        if label == "study object" or name not in short or name not in long:
+            continue
+        clears = all(
+            real_suite.meets_recommendation_bar(short[name][schedule], long[name][schedule]) for schedule in short[name]
+        )
+        assert label == ("recommended" if clears else "not recommended"), name
+        judged.append(name)
+    assert {"celo2-small-tasks", "celo2-general", "hamiltonian-general"} <= set(judged)

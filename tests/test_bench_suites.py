@@ -158,16 +158,21 @@ def test_best_baseline_is_the_lowest_training_loss_at_that_step():
     assert report.best_baseline(rows, ["sgd-momentum"], "100") is None
 
 
-def test_quick_runs_the_recommended_weights_and_the_others_every_one():
+def test_suites_choose_recommended_generalists_or_every_weights_file():
     every = suites.learned_optimizers("every")
     recommended = suites.learned_optimizers("recommended")
-    assert set(recommended) < set(every) and "celo2-small-tasks" in recommended and "rnnprop-mnist" not in recommended
-    assert not {"hamiltonian-quadratic", "symbolic-lstm-mnist", "symbolic-lstm-mnist-tuned"} & set(recommended)
+    generalists = suites.learned_optimizers("generalists")
+    assert set(recommended) < set(generalists) < set(every)
+    assert "celo2-small-tasks" in recommended and "rnnprop-mnist" not in recommended
+    assert {"celo2-general", "hamiltonian-general"} <= set(generalists) - set(recommended)
+    study_objects = {"hamiltonian-quadratic", "symbolic-lstm-mnist", "rnnprop-mnist", "celo2-published"}
+    assert study_objects <= set(every) - set(generalists)
     assert suites.default_optimizers() == [*recommended, "celo2-published"]  # the field's reference beside ours
+    assert suites.default_optimizers("generalists") == [*generalists, "celo2-published"]
     assert all(suites.SUITES[name].learned == "every" for name in ("mnist", "transfer"))
     assert all(suites.SUITES[name].learned == "recommended" for name in ("resnet50", "resnet50-gpu"))
     assert suites.default_optimizers("every") == every  # the reference is among them once
-    with pytest.raises(ValueError, match="'every' or 'recommended'"):
+    with pytest.raises(ValueError, match="'every', 'generalists', 'recommended'"):
         suites.learned_optimizers("best")
 
 

@@ -79,8 +79,8 @@ def test_shipped_weights_say_whether_to_use_them():
     assert {name for name, use in shipped.items() if use == "study object"} == study_objects
     assert {"celo2-small-tasks"} <= {name for name, use in shipped.items() if use == "recommended"}
     not_recommended = {name for name, use in shipped.items() if use == "not recommended"}
-    # Generalists that miss the family targets (beat Adam at 1e-3 everywhere...) are not called recommended.
-    assert {"hamiltonian-general", "symbolic-hamiltonian-general"} <= not_recommended
+    # Generalists that miss the bar (tests/test_bench_real.py reads it from the committed results).
+    assert {"celo2-general", "hamiltonian-general", "symbolic-hamiltonian-general"} <= not_recommended
 
 
 def test_save_pretrained_records_a_known_recommendation_only(tmp_path):
