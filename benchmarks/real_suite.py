@@ -137,7 +137,12 @@ def run_real_suite(
         learned=learned,
         recommendations=recommendations(learned),
     )
-    bar = tqdm(desc=f"bench {suite}", unit="cell", disable=not progress)
+    # Every cell counted up front, so the bar shows an ETA; a tuned rate that repeats Adam at 1e-3
+    # (the same cell) takes one off the total once tuning has found it.
+    finals_per_schedule = ("adam" in baselines) + len(baselines) + len(learned)
+    tune_cells = sum(len(grids[b]) for b in baselines)
+    total = len(plans) * (tune_cells + len(schedules) * finals_per_schedule)
+    bar = tqdm(total=total, desc=f"bench {suite}", unit="cell", disable=not progress)
 
     def run(phase: str, spec: RealCellSpec, digest: str | None = None) -> None:
         key = cell_key(phase, spec)
@@ -160,8 +165,12 @@ def run_real_suite(
         finals: list[tuple[str, float | None]] = [("adam", ADAM_AS_WRITTEN)] if "adam" in baselines else []
         finals += [(b, tuned_rate(results.cells, loop.name, b, grids[b], loop.steps)) for b in baselines]
         finals += [(name, None) for name in learned]
+        distinct = list(dict.fromkeys(finals))  # tuned Adam at 1e-3 is the same cell as Adam as written
+        if len(distinct) < len(finals):
+            bar.total -= len(schedules) * (len(finals) - len(distinct))
+            bar.refresh()
         for schedule in schedules:
-            for name, lr in dict.fromkeys(finals):  # tuned Adam at 1e-3 is the same cell as Adam as written
+            for name, lr in distinct:
                 spec = RealCellSpec(loop.name, name, lr, schedule, final_seed_list, loop.steps, source)
                 run("final", spec, digests.get(name))
     bar.close()
