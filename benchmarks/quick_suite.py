@@ -3,9 +3,10 @@
 Two of the ``real`` suite's ordinary loops (a CNN and a character Transformer) and the classic
 sigmoid MLP, at a constant learning rate, with the ``real`` suite's protocol: Adam and SGD with
 momentum tuned per loop over the same grids, Adam at 1e-3 as a loop has it, and the pretrained
-generalists (every weights file but the study objects) untuned at their default lr, beside the published Celo2 network
-(``celo2-published``) as the field's reference. Every verdict is against the best tuned baseline,
-and the report ends with one line per learned optimizer: where it wins and where it loses.
+generalists (every weights file but the study objects) untuned at their default lr, beside the
+published Celo2 network (``celo2-published``) as the field's reference. Every verdict is against
+the best tuned baseline, and the report ends with one line per learned optimizer: where it wins
+and where it loses.
 """
 
 from __future__ import annotations

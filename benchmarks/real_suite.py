@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -137,11 +138,16 @@ def run_real_suite(
         learned=learned,
         recommendations=recommendations(learned),
     )
+
+    def final_runs(rate_of: Callable[[str], float | None]) -> list[tuple[str, float | None]]:
+        """(optimizer, lr) of one loop's final runs, the baselines at ``rate_of(baseline)``."""
+        runs: list[tuple[str, float | None]] = [("adam", ADAM_AS_WRITTEN)] if "adam" in baselines else []
+        return runs + [(b, rate_of(b)) for b in baselines] + [(name, None) for name in learned]
+
     # Every cell counted up front, so the bar shows an ETA; a tuned rate that repeats Adam at 1e-3
     # (the same cell) takes one off the total once tuning has found it.
-    finals_per_schedule = ("adam" in baselines) + len(baselines) + len(learned)
     tune_cells = sum(len(grids[b]) for b in baselines)
-    total = len(plans) * (tune_cells + len(schedules) * finals_per_schedule)
+    total = len(plans) * (tune_cells + len(schedules) * len(final_runs(lambda baseline: None)))
     bar = tqdm(total=total, desc=f"bench {suite}", unit="cell", disable=not progress)
 
     def run(phase: str, spec: RealCellSpec, digest: str | None = None) -> None:
@@ -162,9 +168,7 @@ def run_real_suite(
             for lr in grids[baseline]:
                 spec = RealCellSpec(loop.name, baseline, lr, "constant", tuning_seed_list, loop.steps, source, False)
                 run("tune", spec)
-        finals: list[tuple[str, float | None]] = [("adam", ADAM_AS_WRITTEN)] if "adam" in baselines else []
-        finals += [(b, tuned_rate(results.cells, loop.name, b, grids[b], loop.steps)) for b in baselines]
-        finals += [(name, None) for name in learned]
+        finals = final_runs(lambda b, loop=loop: tuned_rate(results.cells, loop.name, b, grids[b], loop.steps))
         distinct = list(dict.fromkeys(finals))  # tuned Adam at 1e-3 is the same cell as Adam as written
         if len(distinct) < len(finals):
             bar.total -= len(schedules) * (len(finals) - len(distinct))

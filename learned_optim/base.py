@@ -221,6 +221,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
     per_tensor: ClassVar[bool] = False
     tensor_state: ClassVar[frozenset[str]] = frozenset()
     group_options: ClassVar[Mapping[str, Any]] = {}
+    # The architecture whose weights this one extends (keeps every weight, adds its own): meta-training
+    # may start from those weights (``initial_weights``).
+    extends: ClassVar[str | None] = None
     # Default chunk sizes (eager, fused): a fused step keeps no temporaries, so its chunks only
     # amortise the call; the network's hidden layers still bound them (measured at 10M, 2-core CPU).
     chunk_sizes: ClassVar[tuple[int, int]] = (DEFAULT_CHUNK_SIZE, 1 << 16)

@@ -289,7 +289,7 @@ class MetaTrainer:
             from learned_optim.hub import from_pretrained
 
             start_from = from_pretrained(config.initial_weights)
-            if start_from.architecture not in (config.architecture, getattr(self.architecture, "extends", None)):
+            if start_from.architecture not in (config.architecture, self.architecture.extends):
                 raise ValueError(
                     f"initial_weights {config.initial_weights!r} are {start_from.architecture!r} weights: "
                     f"set architecture {start_from.architecture!r}"
